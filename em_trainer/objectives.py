@@ -1,0 +1,66 @@
+"""Pure tensor functions of the entropy-minimization objectives.
+
+Nothing here knows about a trainer: every function takes tensors and returns tensors, so each one is tested against
+an independent computation from full logits (see ``tests/test_objectives.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy ``H = -sum_v p_v log p_v`` of ``p = softmax(logits / temperature)`` along the last dimension.
+
+    This materialises the full distribution; the trainer uses TRL's fused LM head instead, and this function is the
+    reference the fused path is checked against and the tool for analysis on small batches.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    log_p = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+def token_normalizer(
+    num_items_in_batch: torch.Tensor | float,
+    num_processes: int,
+    gradient_accumulation_steps: int,
+    steps_per_generation: int,
+    training: bool = True,
+) -> torch.Tensor | float:
+    """Per-micro-batch divisor that turns a sum of per-token losses into the mean over the optimizer step.
+
+    ``num_items_in_batch`` is the number of generated tokens of the whole generation batch, summed over all processes
+    (TRL computes it once per generation). Each micro-batch divides its *local* token sum by this value. Gradients are
+    then summed over the ``gradient_accumulation_steps`` micro-batches and averaged over the ``num_processes`` data
+    parallel ranks, so the divisor is ``num_items_in_batch / num_processes``, rescaled from the generation batch to one
+    optimizer step when the two differ (``steps_per_generation != gradient_accumulation_steps``). The result: one
+    optimizer step follows the gradient of ``sum(H over all generated tokens of the step, all ranks) / their count``,
+    whatever the split into devices and micro-batches.
+    """
+    normalizer = num_items_in_batch / num_processes
+    if training:
+        normalizer = normalizer * gradient_accumulation_steps / steps_per_generation
+    if isinstance(normalizer, torch.Tensor):
+        return normalizer.clamp(min=1.0)
+    return max(float(normalizer), 1.0)
+
+
+def masked_token_mean_loss(
+    per_token: torch.Tensor, mask: torch.Tensor, normalizer: torch.Tensor | float
+) -> torch.Tensor:
+    """``sum(per_token * mask) / normalizer``: the EM-FT loss of one micro-batch.
+
+    ``per_token`` is the per-position entropy (with gradients) of shape ``(batch, completion_len)``; ``mask`` is 1
+    exactly at the positions whose distribution produced a generated token (the first generated token included, the
+    EOS token included, padding and anything after EOS excluded).
+    """
+    if per_token.shape != mask.shape:
+        raise ValueError(f"per_token {tuple(per_token.shape)} and mask {tuple(mask.shape)} must have the same shape.")
+    return (per_token * mask.to(per_token.dtype)).sum() / normalizer
+
+
+def sequence_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the masked positions of each row, shape ``(batch,)``; 0 for a row with no position."""
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
