@@ -1,0 +1,66 @@
+"""Shared fixtures: the real SmolLM2 tokenizer (pad == eos) and tiny random models built with it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from em_trainer.models import resolve_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """The embedded SmolLM2-135M-Instruct, converted once from its GGUF file and cached."""
+    return resolve_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_dir):
+    tok = AutoTokenizer.from_pretrained(smollm2_dir, padding_side="left")
+    assert tok.pad_token_id == tok.eos_token_id, "the tests rely on a pad == eos tokenizer"
+    return tok
+
+
+def build_tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        # Wide enough weights that the next-token distributions differ (a near-uniform model makes ties).
+        initializer_range=0.3,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> str:
+    """A 2-layer random Llama with the real SmolLM2 tokenizer, saved like a Hub checkpoint."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    # Run the fast tests first so a failure shows up before the slow real-model runs.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)

@@ -1,0 +1,139 @@
+"""The EM loss and its gradient equal an independent computation from full logits.
+
+Completions are injected through the model's `generate`, so TRL's own post-processing (EOS truncation, padding,
+masks) runs on them: one ends with EOS followed by padding (pad == eos here), one is cut at the length limit, one is
+EOS alone, one has tokens after its EOS. Prompts differ in length, so they are left-padded. The reference runs each
+row on its own, unpadded, through the plain model forward and `softmax(logits / T)`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from trl.trainer.utils import split_tensor_dict
+
+from em_trainer import EMConfig, EMTrainer
+from em_trainer.objectives import token_entropy_from_logits
+
+MAX_LEN = 6
+
+
+def make_trainer(tiny_model_dir, tokenizer, tmp_path, **overrides):
+    args = EMConfig(
+        output_dir=str(tmp_path),
+        responses_per_step=4,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        max_completion_length=MAX_LEN,
+        gradient_checkpointing=False,
+        report_to="none",
+        shuffle_dataset=False,
+        **overrides,
+    )
+    dataset = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": "Hi"}]},
+            {"prompt": [{"role": "user", "content": "A much longer prompt, so the other one is left-padded."}]},
+        ]
+    )
+    return EMTrainer(model=tiny_model_dir, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def scripted_completions(tokenizer):
+    eos = tokenizer.eos_token_id
+    a, b, c, d, e, f = tokenizer.convert_tokens_to_ids(["the", "Ġa", "Ġb", "Ġc", "Ġd", "Ġe"])
+    return [
+        [a, b, eos, eos, eos, eos],  # ends with EOS, then padding that equals EOS
+        [a, b, c, d, e, f],  # cut at max_completion_length
+        [eos, eos, eos, eos, eos, eos],  # EOS as the first token
+        [c, eos, a, b, eos, eos],  # tokens after the EOS must not count
+    ]
+
+
+def expected_generated(completion, eos):
+    return completion[: completion.index(eos) + 1] if eos in completion else completion
+
+
+def inject_generate(trainer, completions):
+    def fake_generate(input_ids, attention_mask=None, **kwargs):
+        generated = torch.tensor(completions, dtype=input_ids.dtype, device=input_ids.device)
+        return torch.cat([input_ids, generated], dim=1)
+
+    trainer.model.generate = fake_generate
+
+
+def reference_loss(model, prompt_rows, completions, temperature, eos):
+    """Sum of entropies over all generated positions / their count, one unpadded row at a time."""
+    total, count = 0.0, 0
+    for prompt, completion in zip(prompt_rows, completions, strict=True):
+        generated = expected_generated(completion, eos)
+        ids = torch.tensor([prompt + generated])
+        logits = model(input_ids=ids, use_cache=False).logits[0]
+        # Position p's distribution produced token p + 1; the first generated token comes from the last prompt position.
+        start = len(prompt) - 1
+        entropy = token_entropy_from_logits(logits[start : start + len(generated)], temperature)
+        total = total + entropy.sum()
+        count += len(generated)
+    return total / count, count
+
+
+@pytest.mark.parametrize("entropy_temperature", [None, 1.0])
+@pytest.mark.parametrize("top_entropy_quantile", [1.0, 0.5])
+def test_loss_and_gradient_match_full_logits(tiny_model_dir, tokenizer, tmp_path, entropy_temperature, top_entropy_quantile):
+    trainer = make_trainer(
+        tiny_model_dir, tokenizer, tmp_path, entropy_temperature=entropy_temperature, top_entropy_quantile=top_entropy_quantile
+    )
+    completions = scripted_completions(tokenizer)
+    inject_generate(trainer, completions)
+    rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
+    model = trainer.model
+    model.train()
+    batch = trainer._generate_and_score_completions(rows)
+
+    eos = tokenizer.eos_token_id
+    # The mask TRL built keeps exactly the generated positions, EOS included.
+    lengths = [len(expected_generated(c, eos)) for c in completions]
+    assert batch["completion_mask"].sum(1).tolist() == lengths
+    assert int(batch["num_items_in_batch"]) == sum(lengths)
+    prompts = [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
+    assert len(prompts[0]) < len(prompts[2]), "the prompts must differ in length to exercise left padding"
+
+    # Our loss over two micro-batches of gradient accumulation, as Trainer.training_step would run them.
+    trainer.current_gradient_accumulation_steps = 2
+    model.zero_grad()
+    ours = 0.0
+    for micro in split_tensor_dict(batch, 2):
+        loss = trainer.compute_loss(model, micro)
+        loss.backward()
+        ours += loss.item()
+    our_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    temperature = entropy_temperature or trainer.args.temperature
+    model.zero_grad()
+    if top_entropy_quantile == 1.0:
+        ref, _ = reference_loss(model, prompts, completions, temperature, eos)
+    else:
+        # TRL picks the high-entropy tokens per micro-batch (over all ranks); only they carry gradient, while the
+        # normaliser still counts every generated token of the step.
+        per_row = []
+        for prompt, completion in zip(prompts, completions, strict=True):
+            generated = expected_generated(completion, eos)
+            logits = model(input_ids=torch.tensor([prompt + generated]), use_cache=False).logits[0]
+            start = len(prompt) - 1
+            per_row.append(token_entropy_from_logits(logits[start : start + len(generated)], temperature))
+        ref = 0.0
+        for micro_rows in (per_row[:2], per_row[2:]):
+            flat = torch.cat(micro_rows)
+            threshold = torch.quantile(flat.detach(), 1 - top_entropy_quantile)
+            # Rows of one prompt share their first distribution: exact ties, which TRL keeps together. The unpadded
+            # reference computes them in separate forwards (last-digit differences), hence the tolerance.
+            ref = ref + (flat * (flat.detach() >= threshold - 1e-4)).sum()
+        ref = ref / sum(lengths)
+    ref.backward()
+
+    assert ours == pytest.approx(ref.item(), rel=1e-4, abs=1e-6)
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            continue
+        torch.testing.assert_close(our_grads[name], param.grad, rtol=1e-3, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")

@@ -1,0 +1,130 @@
+"""Short end-to-end runs on a tiny random model: parameters move, entropy of fresh samples falls."""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+
+from em_trainer import EMConfig, EMTrainer
+from em_trainer.analysis import fresh_sample_entropy
+
+
+def tiny_args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        responses_per_step=8,
+        per_device_train_batch_size=4,
+        max_completion_length=12,
+        max_steps=4,
+        learning_rate=1e-2,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+    )
+    values.update(overrides)
+    return EMConfig(**values)
+
+
+def test_training_moves_parameters_and_lowers_entropy(tiny_model_dir, tokenizer, tmp_path):
+    prompt = [{"role": "user", "content": "What is 12 + 30?"}]
+    before_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = fresh_sample_entropy(before_model, tokenizer, [prompt], num_samples=8, temperature=0.5, max_new_tokens=12)
+
+    args = tiny_args(tmp_path)
+    assert args.gradient_accumulation_steps == 2  # 8 responses = 2 micro-batches of 4
+    trainer = EMTrainer(
+        model=tiny_model_dir, args=args, train_dataset=Dataset.from_list([{"prompt": prompt}]), processing_class=tokenizer
+    )
+    trainer.train()
+    assert trainer.state.global_step == 4
+
+    trained = trainer.model
+    changed = [
+        name
+        for (name, p0), (_, p1) in zip(before_model.named_parameters(), trained.named_parameters(), strict=True)
+        if not torch.equal(p0, p1.detach().cpu())
+    ]
+    assert len(changed) == len(list(trained.parameters()))
+    after = fresh_sample_entropy(trained, tokenizer, [prompt], num_samples=8, temperature=0.5, max_new_tokens=12)
+    assert after.mean_entropy < 0.8 * before.mean_entropy, (before, after)
+
+    logs = [log for log in trainer.state.log_history if "entropy" in log]
+    assert len(logs) == 4
+    for key in ("loss", "entropy", "grad_norm", "completions/mean_length", "learning_rate"):
+        assert key in logs[0], key
+    # The placeholder reward TRL needs internally stays out of the logs.
+    assert not any(key.startswith("rewards/") or key == "reward" for log in logs for key in log)
+    assert logs[-1]["entropy"] < logs[0]["entropy"]
+
+
+def test_one_prompt_dataset_just_works(tiny_model_dir, tokenizer, tmp_path):
+    """The paper's default shape (64 responses of one prompt) on a one-row dataset trains every step."""
+    args = tiny_args(tmp_path, responses_per_step=None, per_device_train_batch_size=32, max_steps=2, max_completion_length=4)
+    assert args.responses_per_step == 64 and args.num_generations == 64 and args.gradient_accumulation_steps == 2
+    trainer = EMTrainer(model=tiny_model_dir, args=args, processing_class=tokenizer)  # default: the one-shot prompt
+    assert len(trainer.train_dataset) == 1
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
+def test_monitoring_rewards_are_logged_but_do_not_change_the_loss(tiny_model_dir, tokenizer, tmp_path):
+    calls = []
+
+    def contains_answer(completions, answer, **kwargs):
+        calls.append(len(completions))
+        return [float(a in str(c)) for c, a in zip(completions, answer, strict=True)]
+
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is 2 + 2?"}], "answer": "4"}])
+    runs = {}
+    for name, rewards in (("plain", None), ("monitored", [contains_answer])):
+        trainer = EMTrainer(
+            model=tiny_model_dir,
+            reward_funcs=rewards,
+            args=tiny_args(tmp_path / name, max_steps=2),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+        trainer.train()
+        runs[name] = [log for log in trainer.state.log_history if "loss" in log and "entropy" in log]
+    assert calls, "the monitoring reward was never called"
+    assert "rewards/contains_answer/mean" in runs["monitored"][0]
+    for plain, monitored in zip(runs["plain"], runs["monitored"], strict=True):
+        assert plain["loss"] == monitored["loss"]
+
+
+def test_lora_run_saves_an_adapter(tiny_model_dir, tokenizer, tmp_path):
+    from peft import LoraConfig
+
+    args = tiny_args(tmp_path, max_steps=2, learning_rate=1e-3)
+    trainer = EMTrainer(
+        model=tiny_model_dir,
+        args=args,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert "model.safetensors" not in files
+
+    from peft import AutoPeftModelForCausalLM
+
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(args.output_dir)
+    lora_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b), "LoRA B starts at zero; training must move it"
+
+
+def test_model_card_names_method_data_and_papers(tiny_model_dir, tokenizer, tmp_path):
+    args = tiny_args(tmp_path, max_steps=1)
+    trainer = EMTrainer(model=tiny_model_dir, args=args, processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    trainer.create_model_card(dataset_name="my-org/prompts")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "entropy-minimization" in card and "em-trainer" in card
+    assert "2505.20282" in card and "2505.15134" in card  # both papers cited
+    assert "my-org/prompts" in card and "sampling temperature | 0.5" in card
+    assert "None" not in card.split("---")[2].split("## Citations")[0]
