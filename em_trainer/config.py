@@ -116,7 +116,13 @@ class EMConfig(GRPOConfig):
         if self.bf16 is None:
             self.bf16 = (not self.fp16) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         self._resolve_batch_shape()
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError:
+            # A batch shape derived for the wrong number of processes makes GRPOConfig fail first; say why.
+            self._check_world_size()
+            raise
+        self._check_world_size()
         self._validate()
 
     def _resolve_batch_shape(self) -> None:
@@ -156,13 +162,15 @@ class EMConfig(GRPOConfig):
                 "optimizer step, so that each step holds whole groups of responses to the same prompt."
             )
 
-    def _validate(self) -> None:
+    def _check_world_size(self) -> None:
         if self.world_size != self._assumed_world_size:
             raise EMConfigError(
                 f"The batch shape was derived for {self._assumed_world_size} process(es) (the WORLD_SIZE environment "
                 f"variable) but training runs on {self.world_size}. Launch with accelerate or torchrun, which set "
                 "WORLD_SIZE, or set gradient_accumulation_steps explicitly."
             )
+
+    def _validate(self) -> None:
         if self.use_adaptive_entropy:
             raise EMConfigError(
                 "use_adaptive_entropy=True is incompatible with entropy minimization: TRL's adaptive controller "

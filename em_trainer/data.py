@@ -51,7 +51,14 @@ def _read_source(source: str, split: str) -> Dataset:
             raise DatasetError(
                 f"Cannot read {path}: unknown file type '{path.suffix}'. Use one of {', '.join(LOCAL_FORMATS)}."
             )
-        return load_dataset(fmt, data_files=str(path), split="train")
+        if path.stat().st_size == 0:
+            raise DatasetError(f"Dataset file {path} is empty: EM needs at least one prompt.")
+        try:
+            return load_dataset(fmt, data_files=str(path), split="train")
+        except Exception as error:  # pyarrow and pandas raise many types for a malformed file
+            raise DatasetError(
+                f"Could not read {path} as {fmt}: {error}. Check that the file is valid {fmt}."
+            ) from error
     if path.is_dir():
         return load_dataset(str(path), split=split)
     if source.startswith((".", "/", "~")) or source.endswith(tuple(LOCAL_FORMATS)):

@@ -80,9 +80,15 @@ def reference_loss(model, prompt_rows, completions, temperature, eos):
 
 @pytest.mark.parametrize("entropy_temperature", [None, 1.0])
 @pytest.mark.parametrize("top_entropy_quantile", [1.0, 0.5])
-def test_loss_and_gradient_match_full_logits(tiny_model_dir, tokenizer, tmp_path, entropy_temperature, top_entropy_quantile):
+def test_loss_and_gradient_match_full_logits(
+    tiny_model_dir, tokenizer, tmp_path, entropy_temperature, top_entropy_quantile
+):
     trainer = make_trainer(
-        tiny_model_dir, tokenizer, tmp_path, entropy_temperature=entropy_temperature, top_entropy_quantile=top_entropy_quantile
+        tiny_model_dir,
+        tokenizer,
+        tmp_path,
+        entropy_temperature=entropy_temperature,
+        top_entropy_quantile=top_entropy_quantile,
     )
     completions = scripted_completions(tokenizer)
     inject_generate(trainer, completions)
@@ -136,4 +142,6 @@ def test_loss_and_gradient_match_full_logits(tiny_model_dir, tokenizer, tmp_path
     for name, param in model.named_parameters():
         if param.grad is None:
             continue
-        torch.testing.assert_close(our_grads[name], param.grad, rtol=1e-3, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            our_grads[name], param.grad, rtol=1e-3, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+        )

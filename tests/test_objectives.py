@@ -46,7 +46,9 @@ def test_masked_loss_is_mean_over_masked_positions():
 def test_normalizer_gives_global_token_mean(processes, accumulation):
     """Summing micro-batch losses over accumulation and averaging over ranks (DDP) gives the global token mean."""
     torch.manual_seed(0)
-    micro = [[(torch.rand(3, 7), (torch.rand(3, 7) > 0.4).float()) for _ in range(accumulation)] for _ in range(processes)]
+    micro = [
+        [(torch.rand(3, 7), (torch.rand(3, 7) > 0.4).float()) for _ in range(accumulation)] for _ in range(processes)
+    ]
     total_tokens = sum(m.sum() for rank in micro for _, m in rank)
     global_mean = sum((h * m).sum() for rank in micro for h, m in rank) / total_tokens
     normalizer = token_normalizer(total_tokens, processes, accumulation, accumulation, training=True)

@@ -35,7 +35,10 @@ def test_training_moves_parameters_and_lowers_entropy(tiny_model_dir, tokenizer,
     args = tiny_args(tmp_path)
     assert args.gradient_accumulation_steps == 2  # 8 responses = 2 micro-batches of 4
     trainer = EMTrainer(
-        model=tiny_model_dir, args=args, train_dataset=Dataset.from_list([{"prompt": prompt}]), processing_class=tokenizer
+        model=tiny_model_dir,
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": prompt}]),
+        processing_class=tokenizer,
     )
     trainer.train()
     assert trainer.state.global_step == 4
@@ -61,7 +64,9 @@ def test_training_moves_parameters_and_lowers_entropy(tiny_model_dir, tokenizer,
 
 def test_one_prompt_dataset_just_works(tiny_model_dir, tokenizer, tmp_path):
     """The paper's default shape (64 responses of one prompt) on a one-row dataset trains every step."""
-    args = tiny_args(tmp_path, responses_per_step=None, per_device_train_batch_size=32, max_steps=2, max_completion_length=4)
+    args = tiny_args(
+        tmp_path, responses_per_step=None, per_device_train_batch_size=32, max_steps=2, max_completion_length=4
+    )
     assert args.responses_per_step == 64 and args.num_generations == 64 and args.gradient_accumulation_steps == 2
     trainer = EMTrainer(model=tiny_model_dir, args=args, processing_class=tokenizer)  # default: the one-shot prompt
     assert len(trainer.train_dataset) == 1

