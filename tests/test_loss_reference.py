@@ -70,7 +70,7 @@ def reference_loss(model, prompt_rows, completions, temperature, eos):
         generated = expected_generated(completion, eos)
         ids = torch.tensor([prompt + generated])
         logits = model(input_ids=ids, use_cache=False).logits[0]
-        # Position p's distribution produced token p + 1; the first generated token comes from the last prompt position.
+        # Position p's distribution produced token p + 1: the first generated token's is the last prompt position's.
         start = len(prompt) - 1
         entropy = token_entropy_from_logits(logits[start : start + len(generated)], temperature)
         total = total + entropy.sum()
