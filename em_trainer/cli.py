@@ -11,6 +11,7 @@ USAGE = """usage: em-trainer <command> [options]
 
 commands:
   train     entropy-minimization fine-tuning (one-shot EM); `em-trainer train --help` lists every option
+  eval      score models on math benchmarks (MATH500, Minerva, OlympiadBench, AMC23, AIME24, GSM8K, arithmetic)
 
 With no options, `em-trainer train` runs the paper's recipe on the embedded default model
 (SmolLM2-135M-Instruct) and the paper's one-shot prompt.
@@ -127,7 +128,100 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train}
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _eval(argv: list[str]) -> int:
+    import argparse
+
+    from .evaluation import (
+        BENCHMARKS,
+        DEFAULT_BENCHMARKS,
+        QWEN_MATH_SYSTEM_PROMPT,
+        EvaluationError,
+        evaluate_benchmark,
+        load_benchmark,
+        plot_temperature_sweep,
+        summarize,
+    )
+    from .generation import SamplingSettings, make_generator
+    from .models import ModelResolutionError
+
+    parser = argparse.ArgumentParser(
+        prog="em-trainer eval",
+        description="Score one or more models on math benchmarks; resumable, with a comparison table.",
+    )
+    parser.add_argument("--model", action="append", help="Hub id, local dir, .gguf or alias; repeat to compare")
+    parser.add_argument("--benchmarks", default=",".join(DEFAULT_BENCHMARKS), help=f"any of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--data-dir", help="local benchmark files: <dir>/<benchmark>/test.jsonl (default: the Hub)")
+    parser.add_argument("--output-dir", default="outputs/eval")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the paper's setting)")
+    parser.add_argument("--temperatures", type=_floats, help="comma list: a sweep, plotted to temperature_sweep.png")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--n", type=int, default=1, help="samples per problem")
+    parser.add_argument("--max-new-tokens", type=int, default=3072)
+    parser.add_argument("--limit", type=int, help="first N problems of each benchmark")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (HF backend)")
+    parser.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
+    parser.add_argument("--system-prompt", default=QWEN_MATH_SYSTEM_PROMPT, help="'' for none")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    models = args.model or ["smollm2-135m-instruct"]
+    benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    unknown = [b for b in benchmarks if b not in BENCHMARKS]
+    if unknown:
+        print(
+            f"em-trainer eval: error: unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}", file=sys.stderr
+        )
+        return 2
+    temperatures = args.temperatures or [args.temperature]
+    results = []
+    try:
+        for benchmark in benchmarks:  # fail on a missing benchmark before loading any model
+            load_benchmark(benchmark, args.data_dir, limit=1)
+        for model in models:
+            generator = make_generator(model, backend=args.backend, batch_size=args.batch_size)
+            tokenizer = getattr(generator, "tokenizer", None) or generator.llm.get_tokenizer()
+            for temperature in temperatures:
+                settings = SamplingSettings(
+                    temperature=temperature,
+                    top_p=args.top_p,
+                    top_k=args.top_k,
+                    n=args.n,
+                    max_new_tokens=args.max_new_tokens,
+                    seed=args.seed,
+                )
+                for benchmark in benchmarks:
+                    results.append(
+                        evaluate_benchmark(
+                            generator,
+                            tokenizer,
+                            model,
+                            benchmark,
+                            args.output_dir,
+                            settings,
+                            data_dir=args.data_dir,
+                            limit=args.limit,
+                            system_prompt=args.system_prompt or None,
+                            chunk_size=args.batch_size,
+                        )
+                    )
+    except (EvaluationError, ModelResolutionError, ValueError, ImportError, OSError) as error:
+        print(f"em-trainer eval: error: {error}", file=sys.stderr)
+        return 2
+    table = summarize(results, args.output_dir)
+    print(table)
+    if len(temperatures) > 1:
+        path = plot_temperature_sweep(results, os.path.join(args.output_dir, "temperature_sweep.png"))
+        print(f"[em-trainer] temperature sweep plot: {path}")
+    print(f"[em-trainer] results in {os.path.abspath(args.output_dir)} (summary.md, summary.json, per-sample records)")
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,199 @@
+"""One interface to sample n completions per prompt: vLLM on a GPU when installed, HF ``generate`` otherwise.
+
+Selection and evaluation use this layer; neither knows which backend runs. Prompts are plain text (already rendered
+through the chat template: see :func:`render_chat`), and every backend returns the completion text, its token ids
+and why it stopped (``"stop"`` at an end-of-sequence token, ``"length"`` at the token budget).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass
+class SamplingSettings:
+    """How to sample. ``temperature=0`` is greedy decoding (the paper's evaluation setting)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    max_new_tokens: int = 3072
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.n < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"n and max_new_tokens must be >= 1, got n={self.n}, max_new_tokens={self.max_new_tokens}."
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+
+class Generator(Protocol):
+    """Anything that returns, for each prompt, ``settings.n`` completions."""
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]: ...
+
+
+def render_chat(tokenizer: Any, user: str, system: str | None = None) -> str:
+    """A user message (and optional system prompt) through the chat template; plain text without one."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return f"{system}\n\n{user}\n\n" if system else f"{user}\n\n"
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+class HFGenerator:
+    """Batched HF ``generate`` with left padding and the KV cache on.
+
+    Args:
+        model: A model or anything :func:`em_trainer.models.resolve_model` accepts.
+        tokenizer: Defaults to the model's own.
+        batch_size: Prompts per ``generate`` call (each with ``n`` samples).
+        logits_processors: Extra ``LogitsProcessor`` objects, e.g. EM-INF.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        batch_size: int = 8,
+        logits_processors: Sequence[Any] | None = None,
+        dtype: Any = None,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .models import resolve_model
+
+        if isinstance(model, str):
+            path = resolve_model(model)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+        if tokenizer is None:
+            raise ValueError("HFGenerator needs a tokenizer when given a model object.")
+        if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+            model = model.to("cuda")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = batch_size
+        self.logits_processors = list(logits_processors or [])
+        self.eos_ids = _eos_ids(model, tokenizer)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
+        from transformers import LogitsProcessorList
+
+        device = next(self.model.parameters()).device
+        results: list[list[Completion]] = []
+        torch.manual_seed(settings.seed)
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = list(prompts[start : start + self.batch_size])
+            encoded = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            # Greedy samples are all the same: decode once and repeat (HF refuses num_return_sequences > 1 there).
+            per_prompt = 1 if settings.greedy else settings.n
+            kwargs: dict[str, Any] = dict(
+                max_new_tokens=settings.max_new_tokens,
+                num_return_sequences=per_prompt,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.eos_ids,
+                use_cache=True,
+            )
+            if settings.greedy:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            else:
+                kwargs.update(
+                    do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k
+                )
+            if self.logits_processors:
+                kwargs["logits_processor"] = LogitsProcessorList(self.logits_processors)
+            output = self.model.generate(**encoded, **kwargs)
+            new_tokens = output[:, encoded["input_ids"].shape[1] :].tolist()
+            for i in range(len(chunk)):
+                samples = []
+                for ids in new_tokens[i * per_prompt : (i + 1) * per_prompt]:
+                    stop = next((j for j, t in enumerate(ids) if t in self.eos_ids), None)
+                    kept = ids if stop is None else ids[: stop + 1]
+                    text = self.tokenizer.decode(kept, skip_special_tokens=True)
+                    samples.append(Completion(text, kept, "length" if stop is None else "stop"))
+                results.append(samples * (settings.n // per_prompt))
+        return results
+
+
+class VLLMGenerator:
+    """vLLM offline inference (``vllm.LLM``), imported only when used. Needs ``pip install em-trainer[vllm]``."""
+
+    def __init__(self, model: str, logits_processors: Sequence[Any] | None = None, **llm_kwargs: Any) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError("The vLLM backend needs vLLM: pip install 'em-trainer[vllm]' (on a machine with a GPU).")
+        from vllm import LLM
+
+        from .models import resolve_model
+
+        if logits_processors:
+            llm_kwargs["logits_processors"] = list(logits_processors)
+        self.llm = LLM(model=resolve_model(model), **llm_kwargs)
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=settings.n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k if settings.top_k > 0 else -1,
+            max_tokens=settings.max_new_tokens,
+            seed=settings.seed,
+        )
+        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        return [
+            [
+                Completion(o.text, list(o.token_ids), "length" if o.finish_reason == "length" else "stop")
+                for o in out.outputs
+            ]
+            for out in outputs
+        ]
+
+
+def vllm_usable() -> bool:
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def make_generator(model: Any, backend: str = "auto", **kwargs: Any) -> Generator:
+    """``backend``: ``"auto"`` (vLLM when installed and a GPU is present, else HF), ``"vllm"`` or ``"hf"``."""
+    if backend not in ("auto", "vllm", "hf"):
+        raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', got '{backend}'.")
+    if backend == "vllm" or (backend == "auto" and vllm_usable() and isinstance(model, str)):
+        kwargs.pop("batch_size", None)
+        kwargs.pop("tokenizer", None)
+        return VLLMGenerator(model, **kwargs)
+    return HFGenerator(model, **kwargs)

@@ -1,0 +1,139 @@
+"""Answer extraction and grading with math-verify, with per-benchmark normalisation of the gold answers.
+
+Gold answers come in many shapes: bare LaTeX (MATH500), a boxed expression inside a worked solution (Minerva), a list
+of answers with units (OlympiadBench), floats such as ``27.0`` (AMC23), or text after ``####`` with thousands commas
+(GSM8K). Each is turned into one LaTeX string and parsed *as a boxed answer*: parsing a bare ``3\\sqrt{13}`` would
+stop at the first number (3).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+DEFAULT_TIMEOUT_SECONDS = 5
+
+_PRED_CONFIG = [
+    LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=True),
+    ExprExtractionConfig(),
+]
+_GOLD_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+
+def _timeout() -> int | None:
+    # math-verify times out with SIGALRM, which only the main thread may use; elsewhere (dataloader workers, TRL's
+    # async reward loop, thread pools) the timeout is dropped rather than crashing.
+    return DEFAULT_TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces matched; ``None`` if absent."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    brace = text.find("{", start)
+    if brace < 0:
+        rest = text[start:].split("$")[0].split()
+        return rest[1] if len(rest) > 1 else None
+    depth = 0
+    for i in range(brace, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[brace + 1 : i]
+    return None
+
+
+def _strip_dollars(text: str) -> str:
+    text = text.strip()
+    while text.startswith("$") and text.endswith("$") and len(text) > 1:
+        text = text[1:-1].strip()
+    return text
+
+
+def _number_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+_SCI = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+_TRAILING_DOT_FRACTION = re.compile(r"(\d)\.(?=\s*/)")
+_BARE_PERCENT = re.compile(r"(?<!\\)%")
+
+
+def normalize_minerva_gold(answer: str) -> str:
+    """Minerva's gold quirks: ``4.5e33`` is ``4.5\\times 10^{33}``, ``-1./3`` is ``-1/3``, a bare ``%`` is ``\\%``."""
+    answer = _SCI.sub(lambda m: f"{m.group(1)}\\times 10^{{{int(m.group(2))}}}", answer)
+    answer = _TRAILING_DOT_FRACTION.sub(r"\1", answer)
+    return _BARE_PERCENT.sub(r"\\%", answer)
+
+
+def normalize_gsm8k_gold(answer: str) -> str:
+    """The number after ``####``, without thousands commas."""
+    final = answer.split("####")[-1].strip()
+    return final.replace(",", "").replace("$", "").strip()
+
+
+def gold_answer(benchmark: str, row: dict[str, Any]) -> str:
+    """The gold answer of a benchmark row as one LaTeX string (not yet boxed)."""
+    if benchmark == "gsm8k":
+        return normalize_gsm8k_gold(str(row["answer"]))
+    if benchmark == "minerva_math":
+        answer = row.get("answer")
+        if answer in (None, ""):
+            answer = last_boxed(str(row["solution"]))
+        if answer is None:
+            raise ValueError("Minerva row has no answer and no \\boxed{} in its solution.")
+        return normalize_minerva_gold(answer)
+    if benchmark == "olympiadbench":
+        answers = row.get("final_answer") or row.get("answer")
+        if isinstance(answers, str):
+            answers = [answers]
+        # Some answers hold several math spans ("$f(n)=n$, $g(n)=1$"): drop every dollar, not only the outer ones.
+        return ", ".join(str(a).replace("$", "").strip() for a in answers)
+    answer = row.get("answer")
+    if answer is None:
+        raise ValueError(f"{benchmark} row has no 'answer'.")
+    return _strip_dollars(_number_text(answer))
+
+
+def parse_gold(gold: str) -> list:
+    """Parse a gold LaTeX answer as a boxed expression (never as free text, which stops at the first number)."""
+    parsed = parse(f"$\\boxed{{{gold}}}$", extraction_config=_GOLD_CONFIG, parsing_timeout=_timeout())
+    if not parsed:
+        parsed = parse(gold, extraction_config=_GOLD_CONFIG, parsing_timeout=_timeout())
+    return parsed
+
+
+def parse_prediction(completion: str) -> list:
+    """Extract the model's final answer: the last ``\\boxed{}`` first, else the last LaTeX or plain expression."""
+    return parse(completion, extraction_config=_PRED_CONFIG, parsing_timeout=_timeout())
+
+
+@dataclass
+class Grade:
+    """The answer extracted from a completion and whether it matches the gold answer."""
+
+    extracted: str | None
+    correct: bool
+
+
+def grade(gold: str | list, completion: str) -> Grade:
+    """Grade ``completion`` against a gold LaTeX answer (or an already parsed gold)."""
+    gold_parsed = parse_gold(gold) if isinstance(gold, str) else gold
+    pred = parse_prediction(completion)
+    extracted = str(pred[-1]) if pred else None
+    if not gold_parsed or not pred:
+        return Grade(extracted, False)
+    try:
+        ok = verify(gold_parsed, pred, timeout_seconds=_timeout())
+    except Exception:  # a pathological expression is a wrong answer, never a crash of a long evaluation
+        ok = False
+    return Grade(extracted, bool(ok))
