@@ -11,6 +11,7 @@ USAGE = """usage: em-trainer <command> [options]
 
 commands:
   train     entropy-minimization fine-tuning (one-shot EM); `em-trainer train --help` lists every option
+  select    rank a prompt pool by pass@k variance and write the one-shot training set
   eval      score models on math benchmarks (MATH500, Minerva, OlympiadBench, AMC23, AIME24, GSM8K, arithmetic)
 
 With no options, `em-trainer train` runs the paper's recipe on the embedded default model
@@ -221,7 +222,73 @@ def _eval(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval}
+def _select(argv: list[str]) -> int:
+    import argparse
+
+    from .generation import make_generator
+    from .models import ModelResolutionError
+    from .selection import SelectionError, load_pool, select_prompts
+
+    parser = argparse.ArgumentParser(
+        prog="em-trainer select",
+        description="Rank a prompt pool by the variance of pass@k success (one-shot EM paper, section 2.2) and write "
+        "the top prompts in the format `em-trainer train --dataset` reads.",
+    )
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--pool", required=True, help="Hub id or local .jsonl/.parquet/.csv with problems (+answers)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--k", type=int, default=8, help="samples per prompt")
+    parser.add_argument("--top", type=int, default=1, help="prompts to write")
+    parser.add_argument("--output", default="outputs/selected.jsonl")
+    parser.add_argument("--labels", choices=["gold", "none"], default="gold", help="'none': agreement with majority")
+    parser.add_argument("--temperature", type=float, default=0.5, help="the training temperature")
+    parser.add_argument("--max-new-tokens", type=int, default=2048)
+    parser.add_argument("--problem-column", help="default: problem, question or prompt")
+    parser.add_argument("--answer-column", help="default: answer, final_answer, or the boxed answer of solution")
+    parser.add_argument("--limit", type=int, help="first N rows of the pool")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+    parser.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        rows = load_pool(args.pool, args.split, args.limit)
+        generator = make_generator(args.model, backend=args.backend, batch_size=args.batch_size)
+        tokenizer = getattr(generator, "tokenizer", None) or generator.llm.get_tokenizer()
+        result = select_prompts(
+            generator,
+            tokenizer,
+            rows,
+            args.output,
+            model=args.model,
+            k=args.k,
+            top=args.top,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            labels=args.labels,
+            problem_column=args.problem_column,
+            answer_column=args.answer_column,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    except (SelectionError, ModelResolutionError, ImportError, OSError) as error:
+        print(f"em-trainer select: error: {error}", file=sys.stderr)
+        return 2
+    best = result.ranking[0]
+    print(
+        f"[em-trainer] top prompt (pool index {best.index}): pass rate {best.pass_rate:.3f}, variance "
+        f"{best.variance:.4f}, mean length {best.mean_length:.0f} tokens"
+    )
+    if result.bad_rows:
+        print(f"[em-trainer] {len(result.bad_rows)} bad row(s) skipped; listed in {result.report}")
+    print(
+        f"[em-trainer] wrote {min(args.top, len(result.ranking))} prompt(s) to {result.output}; "
+        f"ranking in {result.report}"
+    )
+    print(f"[em-trainer] train on it: em-trainer train --dataset {result.output}")
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "select": _select}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,6 +112,11 @@ def parse_gold(gold: str) -> list:
     return parsed
 
 
+def is_parseable(answer: str) -> bool:
+    """Whether math-verify turns the answer into a math object (not only its raw text as a fallback)."""
+    return any(not isinstance(x, str) for x in parse_gold(answer))
+
+
 def parse_prediction(completion: str) -> list:
     """Extract the model's final answer: the last ``\\boxed{}`` first, else the last LaTeX or plain expression."""
     return parse(completion, extraction_config=_PRED_CONFIG, parsing_timeout=_timeout())

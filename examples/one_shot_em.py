@@ -9,7 +9,6 @@ args = EMConfig(
     output_dir="outputs/smollm2-em-example",
     responses_per_step=8,  # the paper samples 64; 8 keeps a CPU step around 20 s
     max_completion_length=64,
-    gradient_checkpointing=False,
     report_to="none",
 )
 trainer = EMTrainer(model="smollm2-135m-instruct", args=args)  # the paper's one-shot prompt by default

@@ -40,3 +40,41 @@ def test_ten_steps_lower_entropy_of_fresh_samples(smollm2_dir, tokenizer, tmp_pa
     )
     print(f"\nbefore: {before}\nafter:  {after}")
     assert after.mean_entropy < 0.8 * before.mean_entropy, (before, after)
+
+
+def test_smollm2_scores_on_arithmetic_and_not_on_gsm8k(smollm2_dir, tmp_path):
+    """The built-in arithmetic set gives a tiny model a measurable score, unlike GSM8K (the reason it exists)."""
+    import json
+
+    from em_trainer.cli import main
+
+    fixtures = str(__import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "benchmarks")
+    out = tmp_path / "eval"
+    code = main(
+        ["eval", "--model", smollm2_dir, "--benchmarks", "arithmetic,gsm8k", "--data-dir", fixtures, "--limit", "16",
+         "--max-new-tokens", "96", "--batch-size", "16", "--output-dir", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())[0]["benchmarks"]
+    assert 0 < summary["arithmetic"]["accuracy"] < 1
+    assert summary["arithmetic"]["total"] == 16 and summary["gsm8k"]["total"] == 5
+
+
+def test_select_on_smollm2_picks_a_max_variance_prompt(smollm2_dir, tmp_path):
+    import json
+    from pathlib import Path
+
+    from em_trainer.cli import main
+
+    pool = Path(__file__).resolve().parent / "fixtures" / "arithmetic_pool.jsonl"
+    out = tmp_path / "selected.jsonl"
+    code = main(
+        ["select", "--model", smollm2_dir, "--pool", str(pool), "--k", "4", "--max-new-tokens", "96",
+         "--batch-size", "8", "--output", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    selected = json.loads(out.read_text().splitlines()[0])
+    ranking = json.loads((tmp_path / "selected.report.json").read_text())["ranking"]
+    assert len(ranking) == 8
+    assert 0 < selected["pass_rate"] < 1
+    assert selected["variance"] == max(r["variance"] for r in ranking)

@@ -1,0 +1,318 @@
+"""Data selection for one-shot EM: rank a prompt pool by the variance of pass@k success (paper, section 2.2).
+
+For each prompt the model samples ``k`` responses at the training temperature; each is graded against the label
+(``labels="gold"``) or against the majority answer of the ``k`` samples (``labels="none"``). With ``p`` the fraction
+graded correct, the prompt's score is the variance ``p (1 - p)`` of the success indicator: highest for prompts the
+model sometimes solves and sometimes does not. Ties go to ``p`` closer to 0.5, then to shorter responses.
+
+Per-prompt results are appended to ``<output>.progress.jsonl`` as they are computed, so an interrupted run resumes
+without resampling what is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import BOXED_INSTRUCTION, format_problem
+from .evaluation import RecordFile
+from .generation import Generator, SamplingSettings, render_chat
+from .scoring import grade, is_parseable, last_boxed, parse_gold, parse_prediction
+
+PROBLEM_COLUMNS = ("problem", "question", "prompt")
+ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth")
+SOLUTION_COLUMNS = ("solution",)  # NuminaMath-style pools: the answer is the last \boxed{} of the solution
+
+
+class SelectionError(ValueError):
+    """A pool or a setting that cannot be used; the message names the fix."""
+
+
+@dataclass
+class PromptStats:
+    """What k samples of one prompt gave."""
+
+    index: int
+    problem: str
+    answer: str | None
+    k: int
+    num_correct: int
+    mean_length: float
+    extracted: list[str | None] = field(default_factory=list)
+
+    @property
+    def pass_rate(self) -> float:
+        return self.num_correct / self.k if self.k else 0.0
+
+    @property
+    def variance(self) -> float:
+        return self.pass_rate * (1 - self.pass_rate)
+
+
+def rank_key(stats: PromptStats) -> tuple[float, float, float, int]:
+    """Highest variance first; ties: pass rate closer to 0.5, then shorter responses, then pool order."""
+    return (-stats.variance, abs(stats.pass_rate - 0.5), stats.mean_length, stats.index)
+
+
+def rank(stats: Sequence[PromptStats]) -> list[PromptStats]:
+    return sorted(stats, key=rank_key)
+
+
+def majority_agreement(extracted: Sequence[str | None], same: Callable[[str, str], bool] | None = None) -> list[bool]:
+    """For each sample, whether its answer equals the most common answer among the samples (label-free mode).
+
+    Answers are grouped by ``same`` (default: math-verify equivalence of the extracted answers). A sample with no
+    answer never agrees; if no sample has an answer, none agrees. Ties between equally common answers go to the
+    answer seen first.
+    """
+    if same is None:
+
+        def same(a: str, b: str) -> bool:
+            return a == b or grade(f"{a}", f"$\\boxed{{{b}}}$").correct
+
+    groups: list[tuple[str, list[int]]] = []
+    for i, answer in enumerate(extracted):
+        if answer is None:
+            continue
+        for representative, members in groups:
+            if same(representative, answer):
+                members.append(i)
+                break
+        else:
+            groups.append((answer, [i]))
+    if not groups:
+        return [False] * len(extracted)
+    majority = max(groups, key=lambda g: len(g[1]))[1]
+    return [i in majority for i in range(len(extracted))]
+
+
+def _pick(row: dict[str, Any], column: str | None, candidates: Sequence[str]) -> str | None:
+    names = [column] if column else list(candidates)
+    return next((c for c in names if c in row and row[c] not in (None, "", [])), None)
+
+
+def pool_answer(row: dict[str, Any], answer_column: str | None = None) -> str | None:
+    """The label of a pool row: an answer column (DeepScaleR style) or the last boxed of a solution (NuminaMath)."""
+    column = _pick(row, answer_column, ANSWER_COLUMNS)
+    if column is not None:
+        value = row[column]
+        if isinstance(value, dict):  # verl-style {"ground_truth": ...}
+            value = value.get("ground_truth")
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return None if value is None else str(value).strip().strip("$")
+    if answer_column is None:
+        solution = _pick(row, None, SOLUTION_COLUMNS)
+        if solution is not None:
+            return last_boxed(str(row[solution]))
+    return None
+
+
+def load_pool(source: str, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a pool from a Hub id or a local jsonl/parquet/csv file."""
+    from .data import DatasetError, _read_source
+
+    try:
+        dataset = _read_source(source, split)
+    except DatasetError as error:
+        raise SelectionError(str(error)) from error
+    rows = list(dataset)
+    if not rows:
+        raise SelectionError(f"Pool '{source}' is empty.")
+    return rows[:limit] if limit is not None else rows
+
+
+def _settings_fingerprint(settings: SamplingSettings, labels: str, model: str, instruction: str | None) -> str:
+    text = json.dumps({"settings": asdict(settings), "labels": labels, "model": model, "instruction": instruction})
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class SelectionResult:
+    ranking: list[PromptStats]
+    bad_rows: list[dict[str, Any]]
+    output: Path
+    report: Path
+
+
+def select_prompts(
+    generator: Generator,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    output: str | Path,
+    model: str = "model",
+    k: int = 8,
+    top: int = 1,
+    temperature: float = 0.5,
+    max_new_tokens: int = 2048,
+    labels: str = "gold",
+    problem_column: str | None = None,
+    answer_column: str | None = None,
+    instruction: str | None = BOXED_INSTRUCTION,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> SelectionResult:
+    """Sample ``k`` responses per prompt, rank by pass@k variance, write the ``top`` rows and a report."""
+    if labels not in ("gold", "none"):
+        raise SelectionError(f"labels must be 'gold' or 'none', got '{labels}'.")
+    if k < 2:
+        raise SelectionError(f"k={k}: the variance of success needs at least 2 samples per prompt.")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    settings = SamplingSettings(temperature=temperature, n=k, max_new_tokens=max_new_tokens, seed=seed)
+    fingerprint = _settings_fingerprint(settings, labels, model, instruction)
+    progress_file = RecordFile(output.with_name(output.stem + ".progress.jsonl"))
+    done = {r["index"]: r for r in progress_file.read() if r.get("fingerprint") == fingerprint}
+
+    bad_rows: list[dict[str, Any]] = []
+    todo: list[tuple[int, str, str | None]] = []
+    for index, row in enumerate(rows):
+        column = _pick(row, problem_column, PROBLEM_COLUMNS)
+        if column is None:
+            bad_rows.append(
+                {"index": index, "reason": f"no problem column (looked for {problem_column or PROBLEM_COLUMNS})"}
+            )
+            continue
+        answer = None
+        if labels == "gold":
+            answer = pool_answer(row, answer_column)
+            if answer is None:
+                bad_rows.append({"index": index, "reason": "missing answer"})
+                continue
+            if not is_parseable(answer):
+                bad_rows.append({"index": index, "reason": f"unparseable answer {answer!r}"})
+                continue
+        if index not in done:
+            todo.append((index, str(row[column]), answer))
+    if not todo and not done:
+        raise SelectionError(
+            f"No usable row in the pool ({len(bad_rows)} bad rows, e.g. {bad_rows[:3]}). Name the columns with "
+            "--problem-column/--answer-column, or use --labels none for a pool without answers."
+        )
+
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"pass@{k} of {len(todo)} prompts", unit="prompt")
+    start = time.time()
+    for offset in range(0, len(todo), batch_size):
+        chunk = todo[offset : offset + batch_size]
+        prompts = [
+            render_chat(tokenizer, format_problem(problem, instruction)[0]["content"]) for _, problem, _ in chunk
+        ]
+        chunk_settings = SamplingSettings(**{**asdict(settings), "seed": seed + chunk[0][0]})
+        outputs = generator.generate(prompts, chunk_settings)
+        records = []
+        for (index, problem, answer), samples in zip(chunk, outputs, strict=True):
+            texts = [s.text for s in samples]
+            if labels == "gold":
+                gold = parse_gold(answer)
+                grades = [grade(gold, t) for t in texts]
+                correct = [g.correct for g in grades]
+                extracted = [g.extracted for g in grades]
+            else:
+                extracted = [_answer_text(t) for t in texts]
+                correct = majority_agreement(extracted)
+            records.append(
+                {
+                    "index": index,
+                    "problem": problem,
+                    "answer": answer,
+                    "k": len(samples),
+                    "num_correct": int(sum(correct)),
+                    "mean_length": sum(len(s.token_ids) for s in samples) / len(samples),
+                    "extracted": extracted,
+                    "fingerprint": fingerprint,
+                }
+            )
+        progress_file.append(records)
+        for record in records:
+            done[record["index"]] = record
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+
+    stats = [
+        PromptStats(r["index"], r["problem"], r["answer"], r["k"], r["num_correct"], r["mean_length"], r["extracted"])
+        for r in done.values()
+    ]
+    ranking = rank(stats)
+    _write_selection(ranking[:top], output, rows)
+    report = _write_report(ranking, bad_rows, output, settings, labels, model, len(rows), time.time() - start)
+    return SelectionResult(ranking, bad_rows, output, report)
+
+
+def _answer_text(completion: str) -> str | None:
+    boxed = last_boxed(completion)
+    if boxed is not None:
+        return boxed.strip()
+    parsed = parse_prediction(completion)
+    return str(parsed[-1]) if parsed else None
+
+
+def _write_selection(selected: Sequence[PromptStats], output: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with output.open("w", encoding="utf-8") as handle:
+        for rank_index, s in enumerate(selected, start=1):
+            record = {
+                "problem": s.problem,
+                "answer": s.answer,
+                "pass_rate": s.pass_rate,
+                "variance": s.variance,
+                "mean_length": s.mean_length,
+                "k": s.k,
+                "rank": rank_index,
+                "pool_index": s.index,
+            }
+            handle.write(json.dumps(record) + "\n")
+
+
+def _write_report(
+    ranking: Sequence[PromptStats],
+    bad_rows: Sequence[dict[str, Any]],
+    output: Path,
+    settings: SamplingSettings,
+    labels: str,
+    model: str,
+    pool_size: int,
+    seconds: float,
+) -> Path:
+    report = output.with_name(output.stem + ".report.md")
+    lines = [
+        f"# Prompt selection: pass@{settings.n} variance",
+        "",
+        f"model: `{model}`, pool: {pool_size} rows, ranked: {len(ranking)}, bad rows: {len(bad_rows)}, "
+        f"labels: {labels}, temperature {settings.temperature:g}, max_new_tokens {settings.max_new_tokens}, "
+        f"sampling time this run: {seconds:.0f}s",
+        "",
+        "| rank | pool index | pass rate | variance | mean length | answer | problem |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, s in enumerate(ranking, start=1):
+        problem = s.problem.replace("\n", " ").replace("|", "\\|")[:80]
+        lines.append(
+            f"| {i} | {s.index} | {s.pass_rate:.3f} | {s.variance:.4f} | {s.mean_length:.1f} | {s.answer} "
+            f"| {problem} |"
+        )
+    if bad_rows:
+        lines += ["", f"## Bad rows ({len(bad_rows)}), skipped", "", "| pool index | reason |", "| --- | --- |"]
+        lines += [f"| {b['index']} | {b['reason']} |" for b in bad_rows]
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    payload = {
+        "model": model,
+        "labels": labels,
+        "settings": asdict(settings),
+        "ranking": [{**asdict(s), "pass_rate": s.pass_rate, "variance": s.variance} for s in ranking],
+        "bad_rows": list(bad_rows),
+    }
+    report.with_suffix(".json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return report
