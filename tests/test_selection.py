@@ -130,6 +130,7 @@ def test_selected_file_trains(tmp_path, tiny_model_dir):
     select_prompts(fake(), PlainTokenizer(), POOL, tmp_path / "sel.jsonl", k=4, top=1, progress=False)
     code = main(
         ["train", "--model", tiny_model_dir, "--dataset", str(tmp_path / "sel.jsonl"),
-         "--output_dir", str(tmp_path / "m"), "--max_steps", "1", "--responses_per_step", "2", "--max_completion_length", "4", "--report_to", "none"]
+         "--output_dir", str(tmp_path / "m"), "--max_steps", "1", "--responses_per_step", "2",
+         "--max_completion_length", "4", "--report_to", "none"]
     )  # fmt: skip
     assert code == 0 and (tmp_path / "m" / "model.safetensors").is_file()
