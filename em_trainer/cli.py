@@ -12,6 +12,7 @@ USAGE = """usage: em-trainer <command> [options]
 commands:
   train     entropy-minimization fine-tuning (one-shot EM); `em-trainer train --help` lists every option
   select    rank a prompt pool by pass@k variance and write the one-shot training set
+  generate  sample completions for a prompt, optionally with EM-INF (entropy minimization at decoding time)
   eval      score models on math benchmarks (MATH500, Minerva, OlympiadBench, AMC23, AIME24, GSM8K, arithmetic)
 
 With no options, `em-trainer train` runs the paper's recipe on the embedded default model
@@ -168,6 +169,7 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
     parser.add_argument("--system-prompt", default=QWEN_MATH_SYSTEM_PROMPT, help="'' for none")
     parser.add_argument("--seed", type=int, default=0)
+    _add_em_inf_arguments(parser)
     args = parser.parse_args(argv)
 
     models = args.model or ["smollm2-135m-instruct"]
@@ -183,9 +185,15 @@ def _eval(argv: list[str]) -> int:
     try:
         for benchmark in benchmarks:  # fail on a missing benchmark before loading any model
             load_benchmark(benchmark, args.data_dir, limit=1)
+        processors, preset_temperature = _em_inf_processors(args)
+        if preset_temperature is not None and args.temperatures is None and args.temperature == 0.0:
+            temperatures = [preset_temperature]
         for model in models:
-            generator = make_generator(model, backend=args.backend, batch_size=args.batch_size)
+            generator = make_generator(
+                model, backend=args.backend, batch_size=args.batch_size, logits_processors=processors
+            )
             tokenizer = getattr(generator, "tokenizer", None) or generator.llm.get_tokenizer()
+            label = f"{model}+em-inf-{args.em_inf_preset}" if args.em_inf else model
             for temperature in temperatures:
                 settings = SamplingSettings(
                     temperature=temperature,
@@ -200,7 +208,7 @@ def _eval(argv: list[str]) -> int:
                         evaluate_benchmark(
                             generator,
                             tokenizer,
-                            model,
+                            label,
                             benchmark,
                             args.output_dir,
                             settings,
@@ -219,6 +227,88 @@ def _eval(argv: list[str]) -> int:
         path = plot_temperature_sweep(results, os.path.join(args.output_dir, "temperature_sweep.png"))
         print(f"[em-trainer] temperature sweep plot: {path}")
     print(f"[em-trainer] results in {os.path.abspath(args.output_dir)} (summary.md, summary.json, per-sample records)")
+    return 0
+
+
+def _add_em_inf_arguments(parser) -> None:
+    from .inference import PRESETS
+
+    group = parser.add_argument_group("EM-INF (entropy minimization at decoding time)")
+    group.add_argument("--em-inf", action="store_true", help="minimise each step's entropy before sampling")
+    group.add_argument("--em-inf-preset", "--preset", default="default", choices=list(PRESETS))
+    group.add_argument("--em-inf-threshold", type=float, help="override the preset's entropy threshold")
+    group.add_argument("--em-inf-kl-weight", type=float)
+    group.add_argument("--em-inf-lr", type=float)
+    group.add_argument("--em-inf-steps", type=int)
+
+
+def _em_inf_processors(args) -> tuple[list, float | None]:
+    """The logits processors asked for, and the sampling temperature the preset recommends."""
+    if not args.em_inf:
+        return [], None
+    from .generation import vllm_usable
+    from .inference import PRESETS, EMInfSettings, EntropyMinimizingLogitsProcessor, make_vllm_logits_processor
+
+    preset = PRESETS[args.em_inf_preset]
+    overrides = {
+        "threshold": args.em_inf_threshold,
+        "kl_weight": args.em_inf_kl_weight,
+        "lr": args.em_inf_lr,
+        "n_steps": args.em_inf_steps,
+    }
+    settings = EMInfSettings(**{**preset.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    if getattr(args, "backend", "hf") == "vllm" or (getattr(args, "backend", "hf") == "auto" and vllm_usable()):
+        return [make_vllm_logits_processor(settings, all_requests=True)], preset.temperature
+    processor = EntropyMinimizingLogitsProcessor(
+        settings.threshold, settings.kl_weight, settings.lr, settings.n_steps, preset=args.em_inf_preset
+    )
+    return [processor], preset.temperature
+
+
+def _generate(argv: list[str]) -> int:
+    import argparse
+
+    from .generation import SamplingSettings, make_generator, render_chat
+    from .models import ModelResolutionError
+
+    parser = argparse.ArgumentParser(prog="em-trainer generate", description="Sample completions for a prompt.")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+    parser.add_argument("--system-prompt", default=None)
+    parser.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    parser.add_argument("--temperature", type=float, help="0 = greedy; default: the EM-INF preset's, else 0")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--n", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    _add_em_inf_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        processors, preset_temperature = _em_inf_processors(args)
+        temperature = args.temperature if args.temperature is not None else (preset_temperature or 0.0)
+        generator = make_generator(args.model, backend=args.backend, logits_processors=processors)
+        tokenizer = getattr(generator, "tokenizer", None) or generator.llm.get_tokenizer()
+        prompts = [p if args.raw else render_chat(tokenizer, p, args.system_prompt) for p in args.prompt]
+        settings = SamplingSettings(
+            temperature=temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            n=args.n,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+        )
+        outputs = generator.generate(prompts, settings)
+    except (ModelResolutionError, ValueError, ImportError, OSError) as error:
+        print(f"em-trainer generate: error: {error}", file=sys.stderr)
+        return 2
+    mode = f"EM-INF ({args.em_inf_preset})" if args.em_inf else "plain decoding"
+    for prompt, samples in zip(args.prompt, outputs, strict=True):
+        for i, completion in enumerate(samples):
+            print(f"=== {prompt[:60]!r} sample {i} | {mode}, T={temperature:g} | {completion.finish_reason}, "
+                  f"{len(completion.token_ids)} tokens")  # fmt: skip
+            print(completion.text)
     return 0
 
 
@@ -288,7 +378,7 @@ def _select(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "select": _select}
+COMMANDS = {"train": _train, "eval": _eval, "select": _select, "generate": _generate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,5 +195,6 @@ def make_generator(model: Any, backend: str = "auto", **kwargs: Any) -> Generato
     if backend == "vllm" or (backend == "auto" and vllm_usable() and isinstance(model, str)):
         kwargs.pop("batch_size", None)
         kwargs.pop("tokenizer", None)
+        kwargs.pop("dtype", None)
         return VLLMGenerator(model, **kwargs)
     return HFGenerator(model, **kwargs)
