@@ -76,11 +76,62 @@ class EMConfig(GRPOConfig):
             models need. Measured on CPU with SmolLM2-135M it was also faster than keeping activations (35.5 vs
             41.2 s per step, benchmarks/step_time.py): the step is bound by memory traffic, not arithmetic.
 
+    EM-RL (Agarwal et al. 2025), with `objective="neg_entropy_reward"`: TRL's GRPO loss, advantages and optional KL,
+    with a reward computed from the model's own distribution on each sampled response.
+
+        objective (`str`, *optional*, defaults to `"entropy_loss"`):
+            `"entropy_loss"` is EM-FT (the loss is the entropy); `"neg_entropy_reward"` is EM-RL.
+        em_reward (`str`, *optional*, defaults to `"token"`):
+            `"trajectory"`: the mean log-probability of the sampled tokens, a one-sample estimate of minus the
+            per-token trajectory entropy; `"token"`: minus the mean full-vocabulary entropy over the generated
+            positions. Both at the sampling temperature (or `entropy_temperature`).
+        em_reward_reduction (`str`, *optional*, defaults to `"mean"`):
+            `"mean"` over the response's tokens (the authors' code) or `"sum"` (the paper's formulas, which then
+            favour longer confident responses).
+        em_reward_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the EM reward when user `reward_funcs` are added; theirs come from `reward_weights`
+            (one per user function), and the total reward is the weighted sum.
+        em_advantage (`str`, *optional*, defaults to `"grpo"`):
+            `"grpo"`: TRL's group-mean baseline; `"rloo"`: the leave-one-out baseline, which with
+            `scale_rewards="none"` is the group-mean advantage times G/(G-1).
+
+    The paper's EM-RL settings are `EMConfig.em_rl_paper_defaults()`: 4 samples per prompt, lr 1e-6, KL 0.001,
+    sampling temperature 1.0.
+
     Refused settings, each with a message that says why: `use_adaptive_entropy` (its controller clamps the entropy
     coefficient to [0, 1], a bonus, the opposite of minimisation), a non-zero `entropy_coef` (GRPO's entropy bonus; the
     EM loss is already the entropy), and `vllm_importance_sampling_correction`.
     """
 
+    objective: str = field(
+        default="entropy_loss",
+        metadata={
+            "help": "'entropy_loss': EM-FT, the loss is the mean token entropy (one-shot EM). 'neg_entropy_reward': "
+            "EM-RL, GRPO whose reward is the negative entropy (em_reward)."
+        },
+    )
+    em_reward: str = field(
+        default="token",
+        metadata={
+            "help": "EM-RL reward: 'trajectory' (mean log-prob of the sampled tokens) or 'token' (minus mean entropy)."
+        },
+    )
+    em_reward_reduction: str = field(
+        default="mean",
+        metadata={"help": "EM-RL reward over a response: 'mean' (the authors' code) or 'sum' (the paper's formulas)."},
+    )
+    em_reward_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the EM-RL reward when user reward functions are added (their weights: reward_weights)."
+        },
+    )
+    em_advantage: str = field(
+        default="grpo",
+        metadata={
+            "help": "EM-RL baseline: 'grpo' (group mean, TRL's) or 'rloo' (leave-one-out; needs scale_rewards='none')."
+        },
+    )
     responses_per_step: int | None = field(
         default=None,
         metadata={"help": "Sampled responses per optimizer step over all devices (default 64, the paper's)."},
@@ -183,7 +234,21 @@ class EMConfig(GRPOConfig):
                 f"entropy_coef={self.entropy_coef}: GRPO's entropy bonus does not apply to EMTrainer, whose loss "
                 "is the entropy itself. Set entropy_coef=0 (to weight the loss, change learning_rate)."
             )
-        if self.vllm_importance_sampling_correction:
+        if self.objective not in ("entropy_loss", "neg_entropy_reward"):
+            raise EMConfigError(
+                f"objective='{self.objective}': use 'entropy_loss' (EM-FT) or 'neg_entropy_reward' (EM-RL)."
+            )
+        if self.em_reward not in ("trajectory", "token"):
+            raise EMConfigError(f"em_reward='{self.em_reward}': use 'trajectory' or 'token'.")
+        if self.em_reward_reduction not in ("mean", "sum"):
+            raise EMConfigError(f"em_reward_reduction='{self.em_reward_reduction}': use 'mean' or 'sum'.")
+        if self.em_advantage not in ("grpo", "rloo"):
+            raise EMConfigError(f"em_advantage='{self.em_advantage}': use 'grpo' or 'rloo'.")
+        if self.em_advantage == "rloo" and self.scale_rewards != "none":
+            raise EMConfigError(
+                "em_advantage='rloo' is the leave-one-out baseline without reward scaling; set scale_rewards='none'."
+            )
+        if self.vllm_importance_sampling_correction and self.objective == "entropy_loss":
             raise EMConfigError(
                 "vllm_importance_sampling_correction=True is not needed for EM: the entropy loss has no policy ratio "
                 "to correct, and the correction costs a forward pass per batch. Set "
@@ -197,6 +262,21 @@ class EMConfig(GRPOConfig):
             )
         if self.max_steps == 0 or self.max_steps < -1:
             raise EMConfigError(f"max_steps={self.max_steps}: set a positive number of optimizer steps (paper: 10).")
+
+    @classmethod
+    def em_rl_paper_defaults(cls, **overrides) -> EMConfig:
+        """EM-RL as in Agarwal et al.: 4 samples per prompt, lr 1e-6, KL 0.001, sampling temperature 1.0."""
+        values = dict(
+            objective="neg_entropy_reward",
+            num_generations=4,
+            learning_rate=1e-6,
+            beta=0.001,
+            temperature=1.0,
+            max_steps=-1,
+            num_train_epochs=1,
+        )
+        values.update(overrides)
+        return cls(**values)
 
     @property
     def prompts_per_step(self) -> int:

@@ -129,9 +129,13 @@ class EntropyMinimizingLogitsProcessor(LogitsProcessor):
         if self.n_steps < 0 or self.lr <= 0 or self.kl_weight < 0:
             raise ValueError("EM-INF needs n_steps >= 0, lr > 0 and kl_weight >= 0.")
         self.last_steps: torch.Tensor | None = None
+        self.total_steps = 0  # Adam steps summed over rows and decoding steps, for monitoring
+        self.total_rows = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         out, self.last_steps = entropy_minimize_logits(scores, self.threshold, self.kl_weight, self.lr, self.n_steps)
+        self.total_steps += int(self.last_steps.sum())
+        self.total_rows += self.last_steps.numel()
         return out
 
 

@@ -64,3 +64,21 @@ def sequence_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the masked positions of each row, shape ``(batch,)``; 0 for a row with no position."""
     mask = mask.to(per_token.dtype)
     return (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def trajectory_reward(per_token_logps: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """EM-RL trajectory reward: the log-probability of the sampled tokens, averaged (or summed) over each response.
+
+    ``-mean log p(y_t)`` is a one-sample estimate of the per-token trajectory entropy, so this reward is minus that
+    estimate. Shape ``(batch,)``.
+    """
+    if reduction == "mean":
+        return sequence_mean(per_token_logps, mask)
+    if reduction == "sum":
+        return (per_token_logps * mask.to(per_token_logps.dtype)).sum(-1)
+    raise ValueError(f"reduction must be 'mean' or 'sum', got '{reduction}'.")
+
+
+def token_entropy_reward(entropies: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """EM-RL token reward: minus the full-vocabulary entropy, averaged (or summed) over each response's positions."""
+    return -trajectory_reward(entropies, mask, reduction)

@@ -13,14 +13,15 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer import utils as trl_utils
-from trl.trainer.utils import add_fused_lm_head, get_config_model_id
+from trl.trainer.utils import add_fused_lm_head, get_config_model_id, pad
 
 from .config import EMConfig, EMConfigError
 from .data import is_conversational_prompt, load_one_shot_dataset, messages_to_text
 from .model_card import build_model_card
 from .models import base_model_id, resolve_model
-from .objectives import masked_token_mean_loss, token_normalizer
+from .objectives import masked_token_mean_loss, token_entropy_reward, token_normalizer, trajectory_reward
 
 ONE_SHOT_EM_CITATION = textwrap.dedent("""\
     @article{gao2025oneshotem,
@@ -126,8 +127,20 @@ class EMTrainer(GRPOTrainer):
             reward_funcs = []
         elif not isinstance(reward_funcs, list):
             reward_funcs = [reward_funcs]
-        self._monitoring_only = len(reward_funcs) > 0
-        if not reward_funcs:
+        self._em_rl = args.objective == "neg_entropy_reward"
+        self._em_rollout: tuple[list, list] | None = None
+        self._em_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._has_placeholder_reward = not reward_funcs and not self._em_rl
+        if self._em_rl:
+            user_weights = args.reward_weights
+            if user_weights is not None and len(user_weights) == len(reward_funcs):
+                args.reward_weights = [args.em_reward_weight, *user_weights]
+            elif user_weights is None and reward_funcs:
+                args.reward_weights = [args.em_reward_weight] + [1.0] * len(reward_funcs)
+            elif user_weights is None:
+                args.reward_weights = [args.em_reward_weight]
+            reward_funcs = [self._make_em_reward(args.em_reward, args.em_reward_reduction), *reward_funcs]
+        elif not reward_funcs:
             reward_funcs = [_no_reward]
 
         processing_class = kwargs.get("processing_class")
@@ -175,7 +188,98 @@ class EMTrainer(GRPOTrainer):
             return messages_to_text(dataset)
         return dataset
 
+    # ------------------------------------------------------------------------------------------------ EM-RL
+    def _make_em_reward(self, kind: str, reduction: str):
+        def reward(completions: list, **kwargs: Any) -> list[float]:
+            logps, entropies, mask = self._em_token_statistics()
+            if kind == "trajectory":
+                values = trajectory_reward(logps, mask, reduction)
+            else:
+                values = token_entropy_reward(entropies, mask, reduction)
+            return values.float().cpu().tolist()
+
+        reward.__name__ = f"neg_entropy_{kind}"
+        return reward
+
+    def _generate(self, prompts: list):
+        output = super()._generate(prompts)
+        if self._em_rl:
+            # The EM reward needs the token ids of this rollout; TRL calls the rewards right after generating.
+            self._em_rollout = (output[0], output[1])
+            self._em_cache = None
+        return output
+
+    @property
+    def _trl_computes_old_logps(self) -> bool:
+        """Whether TRL runs a no-grad policy forward on each rollout before the rewards (its own condition)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self.args.gradient_accumulation_steps % generate_every != 0 or (
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        # Only TRL's old-log-probs pass qualifies: the first no-grad policy forward after a rollout, when TRL runs one
+        # (with PEFT, the reference pass is the same module with its adapter off, and must not be taken).
+        reusable = self._em_rl and self._trl_computes_old_logps and self._em_cache is None
+        if not (reusable and not torch.is_grad_enabled() and model is self.model):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        # A no-grad forward of the policy on a fresh rollout (TRL's old log-probs, when it needs them): take the
+        # entropies too, so the EM reward reuses this pass instead of running its own.
+        compute_entropy = kwargs.pop("compute_entropy", False)
+        with _score_generated_positions_only():
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, compute_entropy=True, **kwargs
+            )
+        self._em_cache = (input_ids, attention_mask, logps, entropies)
+        return logps, entropies if compute_entropy else None, aux
+
+    def _em_token_statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token log-probs and entropies of the current rollout, and its mask of generated positions."""
+        if self._em_rollout is None:
+            raise RuntimeError("The EM reward was called before any rollout was generated.")
+        prompt_ids_list, completion_ids_list = self._em_rollout
+        device = self.accelerator.device
+        pad_id = self._tokenizer.pad_token_id
+        prompts = [torch.tensor(ids) for ids in prompt_ids_list]
+        completions = [torch.tensor(ids) for ids in completion_ids_list]
+        kwargs = {"padding_side": "left", "pad_to_multiple_of": self.pad_to_multiple_of}
+        prompt_ids = pad(prompts, padding_value=pad_id, **kwargs).to(device)
+        prompt_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, **kwargs).to(device)
+        kwargs["padding_side"] = "right"
+        completion_ids = pad(completions, padding_value=pad_id, **kwargs).to(device)
+        completion_mask = pad([torch.ones_like(t) for t in completions], padding_value=0, **kwargs).to(device)
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        cache = self._em_cache
+        self._em_cache = None
+        if cache is not None and torch.equal(cache[0], input_ids) and torch.equal(cache[1], attention_mask):
+            return cache[2], cache[3], completion_mask
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            logps, entropies, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                input_ids,
+                attention_mask,
+                completion_ids.size(1),
+                batch_size=self.args.per_device_train_batch_size,
+                compute_entropy=True,
+            )
+        self._em_cache = None
+        return logps, entropies, completion_mask
+
+    # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        if self._em_rl:
+            if self.args.em_advantage == "rloo" and self.model.training:
+                # Leave-one-out: r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean_j r_j).
+                group = self.num_generations
+                inputs = {**inputs, "advantages": inputs["advantages"] * group / (group - 1)}
+            with _score_generated_positions_only():
+                return super()._compute_loss(model, inputs)
+        return self._entropy_loss(model, inputs)
+
+    def _entropy_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
@@ -241,7 +345,7 @@ class EMTrainer(GRPOTrainer):
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if not self._monitoring_only:
+        if self._has_placeholder_reward:
             # The placeholder reward is TRL plumbing, not a measurement: keep it out of the logs.
             prefix = f"rewards/{_PLACEHOLDER_REWARD}/"
             for metrics in self._metrics.values():

@@ -19,7 +19,7 @@ from em_trainer.objectives import token_entropy_from_logits
 MAX_LEN = 6
 
 
-def make_trainer(tiny_model_dir, tokenizer, tmp_path, **overrides):
+def make_trainer(tiny_model_dir, tokenizer, tmp_path, reward_funcs=None, **overrides):
     args = EMConfig(
         output_dir=str(tmp_path),
         responses_per_step=4,
@@ -37,7 +37,9 @@ def make_trainer(tiny_model_dir, tokenizer, tmp_path, **overrides):
             {"prompt": [{"role": "user", "content": "A much longer prompt, so the other one is left-padded."}]},
         ]
     )
-    return EMTrainer(model=tiny_model_dir, args=args, train_dataset=dataset, processing_class=tokenizer)
+    return EMTrainer(
+        model=tiny_model_dir, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
 
 
 def scripted_completions(tokenizer):

@@ -78,3 +78,34 @@ def test_select_on_smollm2_picks_a_max_variance_prompt(smollm2_dir, tmp_path):
     assert len(ranking) == 8
     assert 0 < selected["pass_rate"] < 1
     assert selected["variance"] == max(r["variance"] for r in ranking)
+
+
+def test_em_rl_on_smollm2_lowers_entropy(smollm2_dir, tokenizer, tmp_path):
+    """EM-RL with the token reward: a short GRPO run raises the reward, i.e. lowers the entropy of fresh samples."""
+    dataset = load_one_shot_dataset()
+    prompt = dataset[0]["prompt"]
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir)
+    before = fresh_sample_entropy(base, tokenizer, [prompt], num_samples=8, temperature=1.0, max_new_tokens=32, seed=5)
+    del base
+    args = EMConfig(
+        output_dir=str(tmp_path / "emrl"),
+        objective="neg_entropy_reward",
+        em_reward="token",
+        temperature=1.0,
+        num_generations=4,
+        responses_per_step=4,
+        learning_rate=2e-5,
+        max_completion_length=32,
+        max_steps=8,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+    )
+    trainer = EMTrainer(model=smollm2_dir, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    rewards = [log["rewards/neg_entropy_token/mean"] for log in trainer.state.log_history if "reward" in log]
+    assert len(rewards) == 8
+    after = fresh_sample_entropy(trainer.model, tokenizer, [prompt], num_samples=8, temperature=1.0, max_new_tokens=32, seed=5)
+    print(f"\nEM-RL rewards per step: {[round(r, 3) for r in rewards]}\nbefore: {before}\nafter:  {after}")
+    assert after.mean_entropy < before.mean_entropy
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3
