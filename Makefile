@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRL_EXPERIMENTAL_SILENCE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup model demo test test-fast lint benchmark clean
+.PHONY: setup model demo test test-fast lint benchmark docs clean
 
 setup: $(VENV)/.installed
 
@@ -31,7 +31,11 @@ demo: model
 
 test: model
 	$(VENV)/bin/ruff check em_trainer tests recipes examples benchmarks
-	$(PY) -m pytest -q -rA --durations=15
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	$(PY) -m pytest -q -rA --durations=20
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 test-fast: model
 	$(PY) -m pytest -q -m "not slow"

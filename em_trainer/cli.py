@@ -13,6 +13,8 @@ commands:
   train     entropy-minimization fine-tuning (one-shot EM); `em-trainer train --help` lists every option
   select    rank a prompt pool by pass@k variance and write the one-shot training set
   generate  sample completions for a prompt, optionally with EM-INF (entropy minimization at decoding time)
+  analyze   `analyze logits`: raw-logit mean/std/skewness, entropy and top-1 probability per model, with histograms
+  sweep     train over seeds and a grid, evaluate each run, aggregate mean/std/min/max, plot
   eval      score models on math benchmarks (MATH500, Minerva, OlympiadBench, AMC23, AIME24, GSM8K, arithmetic)
 
 With no options, `em-trainer train` runs the paper's recipe on the embedded default model
@@ -312,6 +314,134 @@ def _generate(argv: list[str]) -> int:
     return 0
 
 
+def _read_prompts(path: str | None, limit: int | None) -> list:
+    from .data import load_one_shot_dataset, load_prompt_dataset
+
+    if path is None:
+        return [load_one_shot_dataset()[0]["prompt"]]
+    if path.endswith(".txt"):
+        lines = [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+        return [[{"role": "user", "content": line}] for line in lines][:limit]
+    return list(load_prompt_dataset(path, limit=limit)["prompt"])
+
+
+def _analyze(argv: list[str]) -> int:
+    import argparse
+    import json
+
+    from .data import DatasetError
+    from .models import ModelResolutionError
+
+    if not argv or argv[0] != "logits":
+        print("usage: em-trainer analyze logits --model NAME=PATH [--model ...] [--prompts FILE]", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="em-trainer analyze logits", description="Raw-logit statistics per model.")
+    parser.add_argument("--model", action="append", required=True, help="NAME=PATH (or PATH); repeat to compare")
+    parser.add_argument("--prompts", help=".txt (one per line) or .jsonl/.parquet/.csv; default: the one-shot prompt")
+    parser.add_argument("--limit", type=int, help="first N prompts")
+    parser.add_argument("--samples", type=int, default=2, help="sampled responses per prompt")
+    parser.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--histogram-sample", type=int, default=200_000, help="logit values kept for the histogram")
+    parser.add_argument("--output-dir", default="outputs/analysis")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv[1:])
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .analysis import collect_logit_statistics, plot_logit_histograms
+    from .models import resolve_model
+
+    try:
+        prompts = _read_prompts(args.prompts, args.limit)
+        reports, samples = {}, {}
+        for item in args.model:
+            name, _, ref = item.partition("=") if "=" in item else (item, "", item)
+            path = resolve_model(ref)
+            model = AutoModelForCausalLM.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            report, sample = collect_logit_statistics(
+                model, tokenizer, prompts, name, args.samples, args.temperature, args.max_new_tokens, args.seed,
+                args.histogram_sample,
+            )  # fmt: skip
+            reports[name], samples[name] = report, sample
+            del model
+    except (ModelResolutionError, DatasetError, OSError) as error:
+        print(f"em-trainer analyze: error: {error}", file=sys.stderr)
+        return 2
+    os.makedirs(args.output_dir, exist_ok=True)
+    lines = ["| model | mean | std | skewness | mean entropy | mean top-1 prob | positions |", "|" + " --- |" * 7]
+    for r in reports.values():
+        lines.append(
+            f"| {r.name} | {r.mean:.4f} | {r.std:.4f} | {r.skewness:.4f} | {r.mean_entropy:.4f} | "
+            f"{r.mean_top1_probability:.4f} | {r.num_positions} |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    with open(os.path.join(args.output_dir, "logit_stats.json"), "w") as handle:
+        json.dump([r.__dict__ for r in reports.values()], handle, indent=2)
+    with open(os.path.join(args.output_dir, "logit_stats.md"), "w") as handle:
+        handle.write(table)
+    png = plot_logit_histograms(samples, reports, os.path.join(args.output_dir, "logit_histograms.png"))
+    print(f"[em-trainer] histograms: {png}; statistics: {args.output_dir}/logit_stats.json")
+    return 0
+
+
+def _sweep(argv: list[str]) -> int:
+    import argparse
+
+    from .sweep import parse_grid, run_sweep
+
+    parser = argparse.ArgumentParser(
+        prog="em-trainer sweep",
+        description="Train once per seed and grid point (each run its own process), evaluate, aggregate over seeds.",
+    )
+    parser.add_argument("--config", required=True, help="the em-trainer train YAML every run starts from")
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--grid", action="append", default=[], help="field=v1,v2,... (repeat for a product)")
+    parser.add_argument("--eval", default="", help="benchmarks to score each run on, e.g. math500,amc23")
+    parser.add_argument("--eval-checkpoints", action="store_true", help="also score every step checkpoint (Fig. 2)")
+    parser.add_argument("--save-steps", type=int, default=1, help="checkpoint spacing with --eval-checkpoints")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--max-new-tokens", type=int, default=3072)
+    parser.add_argument("--eval-temperature", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--output-dir", default="outputs/sweep")
+    args, extra = parser.parse_known_args(argv)
+    try:
+        grid = parse_grid(args.grid)
+        summary = run_sweep(
+            args.config,
+            args.output_dir,
+            args.seeds,
+            grid,
+            [b for b in args.eval.split(",") if b],
+            {
+                "data_dir": args.data_dir,
+                "limit": args.limit,
+                "max_new_tokens": args.max_new_tokens,
+                "temperature": args.eval_temperature,
+                "batch_size": args.batch_size,
+            },
+            eval_checkpoints=args.eval_checkpoints,
+            save_steps=args.save_steps,
+            extra_train_args=extra,
+            first_seed=args.first_seed,
+        )
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"em-trainer sweep: error: {error}", file=sys.stderr)
+        return 2
+    from .sweep import summary_table
+
+    print(summary_table(summary["aggregate"]))
+    for plot in summary["plots"]:
+        print(f"[em-trainer] plot: {plot}")
+    print(f"[em-trainer] sweep results in {os.path.abspath(args.output_dir)}/sweep_summary.json")
+    return 0
+
+
 def _select(argv: list[str]) -> int:
     import argparse
 
@@ -378,7 +508,14 @@ def _select(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "select": _select, "generate": _generate}
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "select": _select,
+    "generate": _generate,
+    "analyze": _analyze,
+    "sweep": _sweep,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

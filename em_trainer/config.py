@@ -95,6 +95,18 @@ class EMConfig(GRPOConfig):
             `"grpo"`: TRL's group-mean baseline; `"rloo"`: the leave-one-out baseline, which with
             `scale_rewards="none"` is the group-mean advantage times G/(G-1).
 
+    Early stopping (the paper's stated future work), both logged and both off by default:
+
+        early_stopping_dev_set (`str` or `None`, *optional*, defaults to `None`):
+            A labeled dev set (a benchmark name such as `"math500"` or `"arithmetic"`, or a file with problem and
+            answer columns), scored greedily every `early_stopping_eval_steps` (5) optimizer steps. The best weights
+            are kept in `<output_dir>/best` and restored at the end; training stops after
+            `early_stopping_patience` (2) evaluations without improvement. `early_stopping_limit` rows,
+            `early_stopping_max_new_tokens` (512) tokens per answer, `early_stopping_data_dir` for local files.
+        entropy_floor, collapse_min_length, collapse_max_repetition (`float` or `None`, default `None`):
+            Label-free guard: stop when the step's mean entropy falls below the floor, the mean completion length
+            below the minimum, or the completions' repeated-4-gram rate above the maximum.
+
     The paper's EM-RL settings are `EMConfig.em_rl_paper_defaults()`: 4 samples per prompt, lr 1e-6, KL 0.001,
     sampling temperature 1.0.
 
@@ -132,6 +144,26 @@ class EMConfig(GRPOConfig):
             "help": "EM-RL baseline: 'grpo' (group mean, TRL's) or 'rloo' (leave-one-out; needs scale_rewards='none')."
         },
     )
+    early_stopping_dev_set: str | None = field(
+        default=None,
+        metadata={"help": "Labeled dev set scored every early_stopping_eval_steps: a benchmark name or a file."},
+    )
+    early_stopping_data_dir: str | None = field(
+        default=None, metadata={"help": "Local benchmark files (eval layout)."}
+    )
+    early_stopping_eval_steps: int = field(default=5, metadata={"help": "Score the dev set every N optimizer steps."})
+    early_stopping_patience: int = field(default=2, metadata={"help": "Stop after N evaluations without improvement."})
+    early_stopping_limit: int | None = field(default=None, metadata={"help": "Use the first N dev rows."})
+    early_stopping_max_new_tokens: int = field(default=512, metadata={"help": "Response budget of dev-set scoring."})
+    entropy_floor: float | None = field(
+        default=None, metadata={"help": "Label-free guard: stop when the step's mean entropy falls below this."}
+    )
+    collapse_min_length: float | None = field(
+        default=None, metadata={"help": "Label-free guard: stop when the mean completion length falls below this."}
+    )
+    collapse_max_repetition: float | None = field(
+        default=None, metadata={"help": "Label-free guard: stop when completions repeat their 4-grams more than this."}
+    )
     responses_per_step: int | None = field(
         default=None,
         metadata={"help": "Sampled responses per optimizer step over all devices (default 64, the paper's)."},
@@ -165,6 +197,10 @@ class EMConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not self.use_cpu:
+            # Without a GPU, accelerate treats torchrun's processes as independent single runs unless told to use
+            # the CPU backend (gloo); EM must then see the real world size for its batch shape and normalisation.
+            self.use_cpu = True
         if self.bf16 is None:
             self.bf16 = (not self.fp16) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         self._resolve_batch_shape()
@@ -254,6 +290,8 @@ class EMConfig(GRPOConfig):
                 "to correct, and the correction costs a forward pass per batch. Set "
                 "vllm_importance_sampling_correction=False."
             )
+        if self.early_stopping_eval_steps < 1 or self.early_stopping_patience < 1:
+            raise EMConfigError("early_stopping_eval_steps and early_stopping_patience must be >= 1.")
         if self.entropy_temperature is not None and self.entropy_temperature <= 0:
             raise EMConfigError(f"entropy_temperature must be > 0, got {self.entropy_temperature}.")
         if self.temperature <= 0:

@@ -153,6 +153,8 @@ class EMTrainer(GRPOTrainer):
             # The tokenizer is only known now; a base model without chat template cannot render messages.
             self.train_dataset = self._match_chat_template(self.train_dataset, self._tokenizer)
 
+        self._add_stopping_callbacks(args)
+
         self.entropy_temperature = args.entropy_temperature or args.temperature
         if self.entropy_temperature != self.temperature:
             # GRPOTrainer patched the head at the sampling temperature; patching again makes this one the active one.
@@ -161,6 +163,20 @@ class EMTrainer(GRPOTrainer):
                 temperature=self.entropy_temperature,
                 cast_lm_head_to_fp32=args.cast_lm_head_to_fp32,
                 outputs=("log_probs", "entropy"),
+            )
+
+    def _add_stopping_callbacks(self, args: EMConfig) -> None:
+        from .callbacks import CollapseGuard, DevSetEarlyStopping, dev_set_scorer, load_dev_rows
+
+        if args.early_stopping_dev_set:
+            rows = load_dev_rows(args.early_stopping_dev_set, args.early_stopping_data_dir, args.early_stopping_limit)
+            scorer = dev_set_scorer(rows, self._tokenizer, args.early_stopping_max_new_tokens)
+            self.add_callback(
+                DevSetEarlyStopping(self, scorer, args.early_stopping_eval_steps, args.early_stopping_patience)
+            )
+        if any(v is not None for v in (args.entropy_floor, args.collapse_min_length, args.collapse_max_repetition)):
+            self.add_callback(
+                CollapseGuard(self, args.entropy_floor, args.collapse_min_length, args.collapse_max_repetition)
             )
 
     @staticmethod

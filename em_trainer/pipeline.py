@@ -1,0 +1,271 @@
+"""EM then GRPO: one-shot EM (phase 1), then TRL's GRPOTrainer with a math-verify accuracy reward (phase 2).
+
+One YAML file holds both phases::
+
+    model: Qwen/Qwen2.5-Math-7B
+    output_dir: outputs/qwen-em-grpo      # phase 1 in <output_dir>/em, phase 2 in <output_dir>/grpo
+    push_to_hub: false
+    hub_model_id: null                    # pushes <id>-em and <id>-em-grpo
+    peft: null                            # or LoRA settings, e.g. {r: 16, lora_alpha: 32, target_modules: all-linear}
+    merge_on_save: true                   # LoRA: save merged full weights (phase 2 needs full weights anyway)
+    em:   {dataset: null, <EMConfig fields>}
+    grpo: {dataset: <Hub id or file>, dataset_split: train, problem_column: null, answer_column: null,
+           max_prompts: null, <GRPOConfig fields>}
+
+A finished phase leaves ``.phase_complete`` in its directory and is skipped on a rerun; an interrupted one resumes
+from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PHASE_MARKER = ".phase_complete"
+DATA_KEYS = ("dataset", "dataset_split", "problem_column", "answer_column", "max_prompts")
+TOP_KEYS = ("model", "output_dir", "push_to_hub", "hub_model_id", "peft", "merge_on_save", "em", "grpo")
+
+EM_THEN_GRPO_DESCRIPTION = (
+    "Two phases. (1) Entropy minimization (One-shot EM, Gao et al. 2025): responses sampled from the model for an "
+    "unlabeled prompt, loss = mean token entropy over the generated positions, no labels or reward. (2) GRPO "
+    "(Shao et al. 2024, TRL's GRPOTrainer) from the phase-1 weights, with a verifiable reward: 1 when the final "
+    "answer verifies against the label with math-verify, else 0. The EM paper finds EM before RL helps, RL before "
+    "EM hurts."
+)
+
+
+class PipelineConfigError(ValueError):
+    """A bad EM-then-GRPO configuration; the message names the key and the fix."""
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read the YAML and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as error:
+        raise PipelineConfigError(f"Config file not found: {path}") from error
+    for item in overrides or []:
+        if "=" not in item:
+            raise PipelineConfigError(f"Override '{item}' must look like key=value or section.key=value.")
+        key, value = item.split("=", 1)
+        target = config
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = yaml.safe_load(value)
+    unknown = [k for k in config if k not in TOP_KEYS]
+    if unknown:
+        raise PipelineConfigError(f"Unknown top-level key(s) {unknown}; allowed: {list(TOP_KEYS)}.")
+    if "output_dir" not in config:
+        raise PipelineConfigError("The config needs an output_dir (phase 1 goes to <output_dir>/em, 2 to /grpo).")
+    return config
+
+
+def _peft_config(settings: dict[str, Any] | None):
+    if not settings:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **settings)
+
+
+def _last_checkpoint(directory: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(directory)) if directory.is_dir() else None
+
+
+def _save_final(trainer: Any, directory: Path, merge: bool) -> None:
+    """Save weights, config, generation config and tokenizer; LoRA adapters merged into full weights if asked."""
+    from accelerate.utils import is_peft_model
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if merge and is_peft_model(model):
+        if trainer.accelerator.is_main_process:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(directory)
+            trainer.processing_class.save_pretrained(directory)
+        trainer.accelerator.wait_for_everyone()
+    else:
+        trainer.save_model(str(directory))
+
+
+def _mark_complete(trainer: Any, directory: Path, summary: dict[str, Any]) -> None:
+    if trainer.accelerator.is_main_process:
+        (directory / PHASE_MARKER).write_text(json.dumps(summary, indent=2))
+    trainer.accelerator.wait_for_everyone()
+
+
+def _hub_id(config: dict[str, Any], suffix: str) -> str | None:
+    hub = config.get("hub_model_id")
+    return f"{hub}-{suffix}" if hub else None
+
+
+def _phase_settings(config: dict[str, Any], phase: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The phase's directory, its trainer-config fields, and its data keys (split off the config fields)."""
+    settings = copy.deepcopy(config.get(phase) or {})
+    data = {k: settings.pop(k) for k in DATA_KEYS if k in settings}
+    settings.setdefault("push_to_hub", False)  # the top-level push_to_hub decides, after the card is written
+    return Path(config["output_dir"]) / phase, settings, data
+
+
+def run_em_phase(config: dict[str, Any]) -> Path:
+    """Phase 1: one-shot EM. Returns the directory of the final weights."""
+    from .config import EMConfig
+    from .data import load_prompt_dataset
+    from .models import resolve_model
+    from .trainer import EMTrainer
+
+    directory, settings, data = _phase_settings(config, "em")
+    if (directory / PHASE_MARKER).is_file():
+        print(f"[em-trainer] phase 1 (EM) already complete in {directory}; skipping", flush=True)
+        return directory
+    push = bool(config.get("push_to_hub"))
+    args = EMConfig(output_dir=str(directory), hub_model_id=_hub_id(config, "em"), **settings)
+    dataset = load_prompt_dataset(
+        data.get("dataset"),
+        data.get("dataset_split", "train"),
+        data.get("problem_column"),
+        limit=data.get("max_prompts"),
+    )
+    trainer = EMTrainer(
+        model=resolve_model(config.get("model")),
+        args=args,
+        train_dataset=dataset,
+        peft_config=_peft_config(config.get("peft")),
+    )
+    trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
+    _save_final(trainer, directory, bool(config.get("merge_on_save", True)))
+    dataset_name = data.get("dataset") or "one-shot EM prompt (pi1)"
+    trainer.create_model_card(dataset_name=dataset_name)
+    if push:
+        trainer.push_to_hub(dataset_name=dataset_name)
+    _mark_complete(trainer, directory, {"phase": "em", "steps": trainer.state.global_step, "dataset": dataset_name})
+    return directory
+
+
+def load_labeled_dataset(settings: dict[str, Any]):
+    """The GRPO phase's prompts with an ``answer`` column, from a Hub id or a local file."""
+    from datasets import Dataset
+
+    from .data import format_problem
+    from .selection import PROBLEM_COLUMNS, load_pool, pool_answer
+
+    source = settings.get("dataset")
+    if not source:
+        raise PipelineConfigError("grpo.dataset is required: a Hub id or a local file of problems with answers.")
+    rows = load_pool(source, settings.get("dataset_split", "train"), settings.get("max_prompts"))
+    column = settings.get("problem_column")
+    records = []
+    for row in rows:
+        name = column or next((c for c in PROBLEM_COLUMNS if row.get(c)), None)
+        answer = pool_answer(row, settings.get("answer_column"))
+        if name is None or answer is None:
+            continue
+        problem = row[name]
+        prompt = format_problem(problem) if isinstance(problem, str) else problem
+        records.append({"prompt": prompt, "answer": answer})
+    if not records:
+        raise PipelineConfigError(
+            f"No row of '{source}' has both a problem and an answer; set grpo.problem_column / grpo.answer_column."
+        )
+    return Dataset.from_list(records)
+
+
+def run_grpo_phase(config: dict[str, Any], em_dir: Path) -> Path:
+    """Phase 2: GRPO with the accuracy reward, starting from the phase-1 weights."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from .model_card import build_model_card
+    from .models import base_model_id
+    from .rewards import accuracy_reward
+    from .trainer import ONE_SHOT_EM_CITATION, UNREASONABLE_EM_CITATION
+
+    directory, settings, data = _phase_settings(config, "grpo")
+    if (directory / PHASE_MARKER).is_file():
+        print(f"[em-trainer] phase 2 (GRPO) already complete in {directory}; skipping", flush=True)
+        return directory
+    if "bf16" not in settings and not _cuda():
+        settings["bf16"] = False  # GRPOConfig defaults to bf16, which a CPU cannot train in
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _cuda():
+        settings.setdefault("use_cpu", True)  # several CPU processes: gloo, as EMConfig does
+    args = GRPOConfig(output_dir=str(directory), hub_model_id=_hub_id(config, "em-grpo"), **settings)
+    dataset = load_labeled_dataset(data)
+    em_marker = json.loads((em_dir / PHASE_MARKER).read_text()) if (em_dir / PHASE_MARKER).is_file() else {}
+    base = base_model_id(config.get("model"))
+
+    class GRPOAfterEMTrainer(GRPOTrainer):
+        _tag_names = ["trl", "grpo", "em-trainer", "entropy-minimization"]
+
+        def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+            if not self.is_world_process_zero():
+                return
+            last = next((log for log in reversed(self.state.log_history) if "reward" in log), {})
+            card = build_model_card(
+                model_name=model_name or directory.name,
+                model_id=self.args.hub_model_id or str(directory),
+                base_model=base,
+                dataset_name=dataset_name or data.get("dataset"),
+                hyperparameters={
+                    "phase 1 (EM) data": em_marker.get("dataset"),
+                    "phase 1 (EM) optimizer steps": em_marker.get("steps"),
+                    "phase 1 (EM) settings": f"see {em_dir / 'README.md'}",
+                    "phase 2 (GRPO) data": data.get("dataset"),
+                    "phase 2 (GRPO) optimizer steps": self.state.global_step,
+                    "phase 2 reward": "accuracy (math-verify against the answer column)",
+                    "phase 2 learning rate": self.args.learning_rate,
+                    "phase 2 generations per prompt": self.args.num_generations,
+                    "phase 2 sampling temperature": self.args.temperature,
+                    "phase 2 KL weight (beta)": self.args.beta,
+                    "phase 2 max response length": self.args.max_completion_length,
+                    "phase 2 loss": self.args.loss_type,
+                },
+                results={k: v for k, v in last.items() if k in ("reward", "rewards/accuracy_reward/mean", "entropy")},
+                method_description=EM_THEN_GRPO_DESCRIPTION,
+                tags=["grpo", "em-then-grpo"],
+                citation=ONE_SHOT_EM_CITATION + "\n\n" + UNREASONABLE_EM_CITATION,
+            )
+            card.save(os.path.join(self.args.output_dir, "README.md"))
+
+    model: Any = str(em_dir)
+    processing_class = None
+    if (em_dir / "adapter_config.json").is_file():
+        # Phase 1 kept its LoRA adapter unmerged: fold it into the base weights so GRPO starts from the EM model.
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(em_dir)).merge_and_unload()
+        processing_class = AutoTokenizer.from_pretrained(str(em_dir), padding_side="left")
+    trainer = GRPOAfterEMTrainer(
+        model=model,
+        reward_funcs=[accuracy_reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processing_class,
+        peft_config=_peft_config(config.get("peft")),
+    )
+    trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
+    _save_final(trainer, directory, bool(config.get("merge_on_save", True)))
+    trainer.create_model_card(dataset_name=data.get("dataset"))
+    if config.get("push_to_hub"):
+        trainer.push_to_hub(dataset_name=data.get("dataset"))
+    _mark_complete(trainer, directory, {"phase": "grpo", "steps": trainer.state.global_step})
+    return directory
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_em_then_grpo(config: dict[str, Any]) -> tuple[Path, Path]:
+    em_dir = run_em_phase(config)
+    grpo_dir = run_grpo_phase(config, em_dir)
+    print(f"[em-trainer] EM model: {em_dir}\n[em-trainer] EM then GRPO model: {grpo_dir}", flush=True)
+    return em_dir, grpo_dir

@@ -1,0 +1,260 @@
+"""Multi-seed sweeps: train per seed and grid point, evaluate each run, aggregate over seeds, plot.
+
+EM results vary up to twofold across seeds, so the paper rests every claim on 16 seeds. A sweep runs
+``em-trainer train`` once per (grid point, seed), each in its own process and directory, evaluates the final model
+(and, with ``eval_checkpoints``, every step checkpoint), and aggregates per setting and benchmark the mean, std, min
+and max over seeds. A finished run leaves ``.run_complete`` and is skipped on a rerun; an interrupted one resumes from
+its last checkpoint (the train command does that).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RUN_MARKER = ".run_complete"
+
+
+@dataclass(frozen=True)
+class Run:
+    point: tuple[tuple[str, str], ...]
+    seed: int
+
+    @property
+    def point_tag(self) -> str:
+        if not self.point:
+            return "base"
+        return "__".join(f"{k}={v}" for k, v in self.point)
+
+    def directory(self, root: Path) -> Path:
+        return root / re.sub(r"[^\w.=\-]+", "_", self.point_tag) / f"seed-{self.seed}"
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """``["temperature=0.3,0.5", "learning_rate=1e-5,2e-5"]`` -> ``{"temperature": ["0.3", "0.5"], ...}``."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--grid '{item}' must look like field=v1,v2,...")
+        field, values = item.split("=", 1)
+        grid[field.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+        if not grid[field.strip()]:
+            raise ValueError(f"--grid '{item}' has no values.")
+    return grid
+
+
+def plan_runs(grid: dict[str, list[str]], seeds: int, first_seed: int = 0) -> list[Run]:
+    points = [tuple(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())] if grid else [()]
+    return [Run(point, seed) for point in points for seed in range(first_seed, first_seed + seeds)]
+
+
+def train_run(run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None) -> None:
+    command = [sys.executable, "-m", "em_trainer.cli", "train", "--config", config, "--seed", str(run.seed)]
+    command += ["--output_dir", str(directory)]
+    for field, value in run.point:
+        command += [f"--{field}", value]
+    if save_steps is not None:
+        command += ["--save_steps", str(save_steps), "--save_total_limit", "1000"]
+    command += extra
+    result = subprocess.run(command, capture_output=True, text=True)
+    (directory / "train.log").parent.mkdir(parents=True, exist_ok=True)
+    (directory / "train.log").write_text(result.stdout + "\n" + result.stderr)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout)[-2000:]
+        raise RuntimeError(f"training run {run.point_tag} seed {run.seed} failed (see {directory}/train.log):\n{tail}")
+
+
+def loss_by_step(directory: Path) -> dict[int, float]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoint = get_last_checkpoint(str(directory))
+    if checkpoint is None:
+        return {}
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return {int(log["step"]): float(log["loss"]) for log in state["log_history"] if "loss" in log and "step" in log}
+
+
+def evaluate_model(
+    model_dir: Path, benchmarks: list[str], output_dir: Path, eval_settings: dict[str, Any]
+) -> dict[str, float]:
+    from .evaluation import evaluate_benchmark
+    from .generation import HFGenerator, SamplingSettings
+
+    generator = HFGenerator(str(model_dir), batch_size=eval_settings.get("batch_size", 8))
+    settings = SamplingSettings(
+        temperature=eval_settings.get("temperature", 0.0), max_new_tokens=eval_settings.get("max_new_tokens", 3072)
+    )
+    scores = {}
+    for benchmark in benchmarks:
+        result = evaluate_benchmark(
+            generator,
+            generator.tokenizer,
+            str(model_dir),
+            benchmark,
+            output_dir,
+            settings,
+            data_dir=eval_settings.get("data_dir"),
+            limit=eval_settings.get("limit"),
+            progress=None,
+        )
+        scores[benchmark] = result.accuracy
+    return scores
+
+
+def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per grid point and benchmark: mean, std (population over seeds), min, max and the number of seeds."""
+    by_point: dict[str, dict[str, list[float]]] = {}
+    for record in records:
+        for benchmark, score in record["scores"].items():
+            by_point.setdefault(record["point"], {}).setdefault(benchmark, []).append(score)
+        by_point.setdefault(record["point"], {}).setdefault("final_loss", []).append(record["final_loss"])
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for point, by_bench in by_point.items():
+        out[point] = {}
+        for name, values in by_bench.items():
+            values = [v for v in values if v is not None and not math.isnan(v)]
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+            out[point][name] = {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+    return out
+
+
+def run_sweep(
+    config: str,
+    output_dir: str | os.PathLike,
+    seeds: int,
+    grid: dict[str, list[str]],
+    benchmarks: list[str],
+    eval_settings: dict[str, Any],
+    eval_checkpoints: bool = False,
+    save_steps: int | None = None,
+    extra_train_args: list[str] | None = None,
+    first_seed: int = 0,
+) -> dict[str, Any]:
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    runs = plan_runs(grid, seeds, first_seed)
+    records = []
+    for number, run in enumerate(runs, start=1):
+        directory = run.directory(root)
+        marker = directory / RUN_MARKER
+        if marker.is_file():
+            print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: done, kept", flush=True)
+            records.append(json.loads(marker.read_text()))
+            continue
+        print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: training", flush=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        train_run(run, config, directory, list(extra_train_args or []), save_steps if eval_checkpoints else None)
+        losses = loss_by_step(directory)
+        record: dict[str, Any] = {
+            "point": run.point_tag,
+            "fields": dict(run.point),
+            "seed": run.seed,
+            "loss_by_step": losses,
+            "final_loss": losses[max(losses)] if losses else None,
+            "scores": {},
+            "scores_by_step": {},
+        }
+        if benchmarks:
+            record["scores"] = evaluate_model(directory, benchmarks, directory / "eval", eval_settings)
+            if eval_checkpoints:
+                for checkpoint in sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+                    step = int(checkpoint.name.split("-")[1])
+                    record["scores_by_step"][step] = evaluate_model(
+                        checkpoint, benchmarks, directory / "eval" / checkpoint.name, eval_settings
+                    )
+        marker.write_text(json.dumps(record, indent=2))
+        records.append(record)
+
+    summary = {"runs": records, "aggregate": aggregate(records), "grid": grid, "seeds": seeds}
+    (root / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
+    (root / "sweep_summary.md").write_text(summary_table(summary["aggregate"]))
+    plots = []
+    if any(r["scores_by_step"] for r in records):
+        plots.append(plot_over_steps(records, root / "loss_and_score_vs_step.png"))
+    for field in grid:
+        if benchmarks:
+            plots.append(plot_over_field(records, field, root / f"score_vs_{field}.png"))
+    summary["plots"] = [str(p) for p in plots]
+    return summary
+
+
+def summary_table(aggregated: dict[str, dict[str, dict[str, float]]]) -> str:
+    lines = ["| setting | metric | mean | std | min | max | seeds |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for point, metrics in aggregated.items():
+        for name, s in metrics.items():
+            lines.append(
+                f"| {point} | {name} | {s['mean']:.4f} | {s['std']:.4f} | {s['min']:.4f} | {s['max']:.4f} | {s['n']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_over_steps(records: list[dict[str, Any]], path: Path) -> Path:
+    """EM loss and average score against the optimizer step, one thin line per seed (the paper's Figure 2)."""
+    plt = _pyplot()
+    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for record in records:
+        label = f"{record['point']} s{record['seed']}"
+        losses = {int(k): v for k, v in record["loss_by_step"].items()}
+        loss_axis.plot(sorted(losses), [losses[k] for k in sorted(losses)], alpha=0.6, label=label)
+        by_step = {int(k): v for k, v in record["scores_by_step"].items()}
+        steps = sorted(by_step)
+        score_axis.plot(
+            steps, [100 * sum(by_step[s].values()) / len(by_step[s]) for s in steps], marker="o", alpha=0.6
+        )
+    loss_axis.set(xlabel="optimizer step", ylabel="EM loss (mean token entropy)", title="Loss over steps")
+    score_axis.set(xlabel="optimizer step", ylabel="average score (%)", title="Score over steps")
+    for axis in (loss_axis, score_axis):
+        axis.grid(alpha=0.3)
+    if len(records) <= 8:
+        loss_axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_over_field(records: list[dict[str, Any]], field: str, path: Path) -> Path:
+    """Average score against a swept field, mean over seeds with min-max spread (the paper's Figures 3 and 6)."""
+    plt = _pyplot()
+    values: dict[float, list[float]] = {}
+    for record in records:
+        if field not in record["fields"] or not record["scores"]:
+            continue
+        score = 100 * sum(record["scores"].values()) / len(record["scores"])
+        values.setdefault(float(record["fields"][field]), []).append(score)
+    xs = sorted(values)
+    means = [sum(values[x]) / len(values[x]) for x in xs]
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    axis.fill_between(xs, [min(values[x]) for x in xs], [max(values[x]) for x in xs], alpha=0.25, label="min-max")
+    axis.plot(xs, means, marker="o", label="mean over seeds")
+    for x in xs:
+        axis.scatter([x] * len(values[x]), values[x], s=8, color="black", alpha=0.5)
+    if field == "learning_rate":
+        axis.set_xscale("log")
+    axis.set(xlabel=field, ylabel="average score (%)", title=f"Score vs {field}")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

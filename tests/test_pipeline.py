@@ -1,0 +1,103 @@
+"""EM then GRPO: both phases end to end on a tiny model, skip and resume, LoRA merge, and the folder a push sends."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from em_trainer.pipeline import PHASE_MARKER, PipelineConfigError, load_config, run_em_then_grpo
+
+POOL = str(Path(__file__).resolve().parent / "fixtures" / "arithmetic_pool.jsonl")
+
+
+def tiny_config(tmp_path, tiny_model_dir, **top):
+    config = {
+        "model": tiny_model_dir,
+        "output_dir": str(tmp_path / "run"),
+        "em": {"responses_per_step": 4, "per_device_train_batch_size": 4, "max_completion_length": 6, "max_steps": 2,
+               "learning_rate": 1e-3, "report_to": "none", "save_steps": 1},
+        "grpo": {"dataset": POOL, "num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 6,
+                 "max_steps": 2, "learning_rate": 1e-4, "report_to": "none", "save_steps": 1, "logging_steps": 1},
+    }  # fmt: skip
+    config.update(top)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_em_then_grpo_end_to_end_and_the_pushed_folder(tmp_path, tiny_model_dir, capsys):
+    config = load_config(tiny_config(tmp_path, tiny_model_dir, hub_model_id="my-org/tiny"), ["grpo.max_steps=2"])
+    em_dir, grpo_dir = run_em_then_grpo(config)
+    for directory in (em_dir, grpo_dir):
+        files = {p.name for p in directory.iterdir()}
+        # What push_to_hub would upload: weights, config, generation config, tokenizer and a model card.
+        assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= files
+        assert PHASE_MARKER in files
+        AutoModelForCausalLM.from_pretrained(directory)
+        AutoTokenizer.from_pretrained(directory)
+        GenerationConfig.from_pretrained(directory)
+    card = (grpo_dir / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert {"em-trainer", "entropy-minimization", "grpo", "em-then-grpo"} <= set(metadata["tags"])
+    assert metadata["library_name"] == "transformers"
+    assert "2505.20282" in card and "2505.15134" in card
+    assert "my-org/tiny-em-grpo" in card  # the quick-start names the repo it would be pushed to
+    assert "phase 1 (EM) optimizer steps | 2" in card and "phase 2 (GRPO) optimizer steps | 2" in card
+    assert "tests/fixtures/arithmetic_pool.jsonl" in card
+    em_card = (em_dir / "README.md").read_text()
+    assert "EM-FT" in em_card and "my-org/tiny-em" in em_card
+
+    # A rerun skips both finished phases.
+    capsys.readouterr()
+    run_em_then_grpo(config)
+    printed = capsys.readouterr().out
+    assert "phase 1 (EM) already complete" in printed and "phase 2 (GRPO) already complete" in printed
+
+
+def test_interrupted_phase_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
+    config = load_config(tiny_config(tmp_path, tiny_model_dir))
+    _, grpo_dir = run_em_then_grpo(config)
+    # Simulate a crash after GRPO's first checkpoint: no marker, no final weights, no second checkpoint.
+    (grpo_dir / PHASE_MARKER).unlink()
+    (grpo_dir / "model.safetensors").unlink()
+    shutil.rmtree(grpo_dir / "checkpoint-2")
+    em_weights = (tmp_path / "run" / "em" / "model.safetensors").stat().st_mtime_ns
+    run_em_then_grpo(config)
+    assert (tmp_path / "run" / "em" / "model.safetensors").stat().st_mtime_ns == em_weights  # phase 1 untouched
+    state = json.loads((grpo_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    steps = [log["step"] for log in state["log_history"] if "loss" in log]
+    assert steps == [1, 2]  # step 1 kept from before the crash, step 2 trained after resuming
+    assert (grpo_dir / PHASE_MARKER).is_file() and (grpo_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_lora_phases_save_adapter_or_merged_weights(tmp_path, tiny_model_dir, merge):
+    peft = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    config = load_config(tiny_config(tmp_path, tiny_model_dir, peft=peft, merge_on_save=merge))
+    em_dir, grpo_dir = run_em_then_grpo(config)
+    em_files = {p.name for p in em_dir.iterdir()}
+    if merge:
+        assert "model.safetensors" in em_files and "adapter_config.json" not in em_files
+        merged = AutoModelForCausalLM.from_pretrained(em_dir)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        q_merged = merged.model.layers[0].self_attn.q_proj.weight
+        assert not q_merged.equal(base.model.layers[0].self_attn.q_proj.weight)  # the adapter was folded in
+    else:
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= em_files and "model.safetensors" not in em_files
+    assert (grpo_dir / PHASE_MARKER).is_file()
+
+
+def test_config_errors(tmp_path, tiny_model_dir):
+    with pytest.raises(PipelineConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: x\noutput_dir: y\nlearning_rate: 1\n")
+    with pytest.raises(PipelineConfigError, match="learning_rate"):
+        load_config(bad)
+    with pytest.raises(PipelineConfigError, match="key=value"):
+        load_config(tiny_config(tmp_path, tiny_model_dir), ["grpo.max_steps"])
