@@ -409,6 +409,9 @@ def _sweep(argv: list[str]) -> int:
     parser.add_argument("--eval-temperature", type=float, default=0.0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output-dir", default="outputs/sweep")
+    parser.add_argument(
+        "--launcher", help="prefix that runs `-m em_trainer.cli train`, e.g. 'accelerate launch --num_processes 8'"
+    )
     args, extra = parser.parse_known_args(argv)
     try:
         grid = parse_grid(args.grid)
@@ -429,6 +432,7 @@ def _sweep(argv: list[str]) -> int:
             save_steps=args.save_steps,
             extra_train_args=extra,
             first_seed=args.first_seed,
+            launcher=args.launcher,
         )
     except (ValueError, RuntimeError, OSError) as error:
         print(f"em-trainer sweep: error: {error}", file=sys.stderr)

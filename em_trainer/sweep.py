@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -56,8 +57,13 @@ def plan_runs(grid: dict[str, list[str]], seeds: int, first_seed: int = 0) -> li
     return [Run(point, seed) for point in points for seed in range(first_seed, first_seed + seeds)]
 
 
-def train_run(run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None) -> None:
-    command = [sys.executable, "-m", "em_trainer.cli", "train", "--config", config, "--seed", str(run.seed)]
+def train_run(
+    run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None, launcher: str | None = None
+) -> None:
+    # Each run is its own process: memory is returned between runs, and a launcher such as
+    # "accelerate launch --num_processes 8" or "torchrun --nproc_per_node 2" makes each run a distributed one.
+    prefix = shlex.split(launcher) if launcher else [sys.executable]
+    command = [*prefix, "-m", "em_trainer.cli", "train", "--config", config, "--seed", str(run.seed)]
     command += ["--output_dir", str(directory)]
     for field, value in run.point:
         command += [f"--{field}", value]
@@ -140,6 +146,7 @@ def run_sweep(
     save_steps: int | None = None,
     extra_train_args: list[str] | None = None,
     first_seed: int = 0,
+    launcher: str | None = None,
 ) -> dict[str, Any]:
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -154,7 +161,8 @@ def run_sweep(
             continue
         print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: training", flush=True)
         directory.mkdir(parents=True, exist_ok=True)
-        train_run(run, config, directory, list(extra_train_args or []), save_steps if eval_checkpoints else None)
+        save = save_steps if eval_checkpoints else None
+        train_run(run, config, directory, list(extra_train_args or []), save, launcher)
         losses = loss_by_step(directory)
         record: dict[str, Any] = {
             "point": run.point_tag,
