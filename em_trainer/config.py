@@ -197,7 +197,8 @@ class EMConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not self.use_cpu:
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ
+        if launched and not torch.cuda.is_available() and not self.use_cpu:
             # Without a GPU, accelerate treats torchrun's processes as independent single runs unless told to use
             # the CPU backend (gloo); EM must then see the real world size for its batch shape and normalisation.
             self.use_cpu = True

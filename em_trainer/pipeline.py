@@ -192,7 +192,7 @@ def run_grpo_phase(config: dict[str, Any], em_dir: Path) -> Path:
         return directory
     if "bf16" not in settings and not _cuda():
         settings["bf16"] = False  # GRPOConfig defaults to bf16, which a CPU cannot train in
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _cuda():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ and not _cuda():
         settings.setdefault("use_cpu", True)  # several CPU processes: gloo, as EMConfig does
     args = GRPOConfig(output_dir=str(directory), hub_model_id=_hub_id(config, "em-grpo"), **settings)
     dataset = load_labeled_dataset(data)
