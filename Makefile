@@ -31,6 +31,7 @@ demo: model
 
 test: model
 	$(VENV)/bin/ruff check em_trainer tests recipes examples benchmarks
+	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	$(PY) -m pytest -q -rA --durations=20
 

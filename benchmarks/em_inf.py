@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--batch_sizes", default="1,8")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", default="benchmarks/results/em_inf.json")
@@ -30,9 +30,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from em_trainer.generation import render_chat
-    from em_trainer.inference import EntropyMinimizingLogitsProcessor
-    from em_trainer.models import resolve_model
+    from em_trainer.data.models import resolve_model
+    from em_trainer.data.prompts import render_chat
+    from em_trainer.decoding.em_inf import EntropyMinimizingLogitsProcessor
 
     path = resolve_model("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")

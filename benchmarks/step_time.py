@@ -68,8 +68,8 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from em_trainer import EMConfig, EMTrainer, load_one_shot_dataset
-    from em_trainer.models import resolve_model
-    from em_trainer.objectives import token_entropy_from_logits
+    from em_trainer.core.objectives import token_entropy_from_logits
+    from em_trainer.data.models import resolve_model
 
     torch.manual_seed(0)
     model_dir = resolve_model("smollm2-135m-instruct")

@@ -10,7 +10,7 @@ A rerun skips a finished phase and resumes an interrupted one from its last chec
 import argparse
 import sys
 
-from em_trainer.pipeline import PipelineConfigError, load_config, run_em_then_grpo
+from em_trainer.workflows.em_then_grpo import PipelineConfigError, load_config, run_em_then_grpo
 
 
 def main() -> int:

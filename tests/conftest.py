@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from em_trainer.models import resolve_model  # noqa: E402
+from em_trainer.data.models import resolve_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

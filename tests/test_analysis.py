@@ -10,9 +10,10 @@ import torch
 from scipy import stats
 from transformers import AutoModelForCausalLM
 
-from em_trainer import EMConfig, EMTrainer
-from em_trainer.analysis import StreamingMoments, collect_logit_statistics
-from em_trainer.callbacks import CollapseGuard, DevSetEarlyStopping, dev_set_scorer, repetition_rate
+from em_trainer import EMConfig, EMConfigError, EMTrainer
+from em_trainer.core.callbacks import CollapseGuard, DevSetEarlyStopping, repetition_rate
+from em_trainer.evaluation.analysis import StreamingMoments, collect_logit_statistics
+from em_trainer.evaluation.dev_set import build_dev_set_scorer, dev_set_scorer
 
 
 def test_streaming_moments_match_scipy():
@@ -78,7 +79,7 @@ def test_early_stopping_stops_and_restores_the_best_weights(tiny_model_dir, toke
         snapshots[trainer.state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return next(scores)
 
-    callback = DevSetEarlyStopping(trainer, scripted_scorer, eval_steps=2, patience=2)
+    callback = DevSetEarlyStopping(scripted_scorer, eval_steps=2, patience=2)
     trainer.add_callback(callback)
     trainer.train()
     assert trainer.state.global_step == 8  # evaluations at 2, 4 (best), 6, 8: two without improvement -> stop
@@ -98,9 +99,17 @@ def test_dev_set_scorer_grades_greedy_answers(tiny_model_dir, tokenizer):
 
 
 def test_config_wires_early_stopping_and_guard(tiny_model_dir, tokenizer, tmp_path):
-    trainer = make_trainer(
-        tiny_model_dir, tokenizer, tmp_path, max_steps=1, early_stopping_dev_set="arithmetic", early_stopping_limit=2,
-        early_stopping_max_new_tokens=4, early_stopping_eval_steps=1, entropy_floor=0.01,
+    args = EMConfig(
+        output_dir=str(tmp_path / "out"), responses_per_step=4, per_device_train_batch_size=4, max_completion_length=6,
+        gradient_checkpointing=False, report_to="none", save_strategy="no", max_steps=1,
+        early_stopping_dev_set="arithmetic", early_stopping_limit=2, early_stopping_max_new_tokens=4,
+        early_stopping_eval_steps=1, entropy_floor=0.01,
+    )  # fmt: skip
+    with pytest.raises(EMConfigError, match="build_dev_set_scorer"):  # the core never builds a scorer itself
+        EMTrainer(model=tiny_model_dir, args=args, processing_class=tokenizer)
+    trainer = EMTrainer(
+        model=tiny_model_dir, args=args, processing_class=tokenizer,
+        dev_set_scorer=build_dev_set_scorer(args, tokenizer),
     )  # fmt: skip
     kinds = {type(c).__name__ for c in trainer.callback_handler.callbacks}
     assert {"DevSetEarlyStopping", "CollapseGuard"} <= kinds
@@ -113,7 +122,7 @@ def test_collapse_guard_stops_on_an_entropy_floor(tiny_model_dir, tokenizer, tmp
     trainer.train()
     assert trainer.state.global_step == 1  # the first logged entropy is below a floor of 100 nats
     assert any("collapse_guard/stopped" in log for log in trainer.state.log_history)
-    guard = CollapseGuard(trainer, max_repetition=0.5)
+    guard = CollapseGuard(max_repetition=0.5, completions=lambda: list(trainer._logs["completion"]))
     control = type("C", (), {"should_training_stop": False})()
     trainer._logs["completion"].extend(["the cat the cat the cat the cat the cat the cat"] * 4)
     guard.on_log(trainer.args, trainer.state, control, logs={"entropy": 1.0})

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from em_trainer.data import BOXED_INSTRUCTION, load_one_shot_dataset, load_prompt_dataset, messages_to_text
-from em_trainer.models import base_model_id, resolve_model
+from em_trainer.data.models import base_model_id, resolve_model
 
 SHARED_ONE_SHOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "one_shot" / "pi1_r128.parquet"
 

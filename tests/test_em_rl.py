@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from em_trainer import EMConfig
-from em_trainer.objectives import token_entropy_from_logits
+from em_trainer.core.objectives import token_entropy_from_logits
 
 from .test_loss_reference import expected_generated, inject_generate, make_trainer, scripted_completions
 

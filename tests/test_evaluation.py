@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from em_trainer.cli import main
+from em_trainer.decoding.generation import Completion, HFGenerator, SamplingSettings
 from em_trainer.evaluation import evaluate_benchmark, load_benchmark, model_tag, summarize
-from em_trainer.generation import Completion, HFGenerator, SamplingSettings
 
 FIXTURES = str(Path(__file__).resolve().parent / "fixtures" / "benchmarks")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from em_trainer.inference import (
+from em_trainer.decoding.em_inf import (
     PRESETS,
     AdaptiveTemperatureLogitsProcessor,
     EntropyMinimizingLogitsProcessor,
@@ -136,7 +136,7 @@ def test_vllm_adapter_tracks_requests(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm.v1.sample.logits_processor", module)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
 
-    from em_trainer.inference import make_vllm_logits_processor
+    from em_trainer.decoding.em_inf import make_vllm_logits_processor
 
     cls = make_vllm_logits_processor("default")
     processor = cls(None, torch.device("cpu"), False)

@@ -14,7 +14,7 @@ from datasets import Dataset
 from trl.trainer.utils import split_tensor_dict
 
 from em_trainer import EMConfig, EMTrainer
-from em_trainer.objectives import token_entropy_from_logits
+from em_trainer.core.objectives import token_entropy_from_logits
 
 MAX_LEN = 6
 
@@ -144,6 +144,6 @@ def test_loss_and_gradient_match_full_logits(
     for name, param in model.named_parameters():
         if param.grad is None:
             continue
-        torch.testing.assert_close(
-            our_grads[name], param.grad, rtol=1e-3, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
-        )
+        # Norm-based per tensor: elementwise tolerances trip on tiny entries whose last digits differ across CPUs.
+        error = (our_grads[name] - param.grad).norm().item()
+        assert error <= 1e-4 * param.grad.norm().item() + 1e-9, f"{name}: |g - g_ref| = {error:.3g}"

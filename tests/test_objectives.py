@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from em_trainer.objectives import masked_token_mean_loss, sequence_mean, token_entropy_from_logits, token_normalizer
+from em_trainer.core.objectives import (
+    masked_token_mean_loss,
+    sequence_mean,
+    token_entropy_from_logits,
+    token_normalizer,
+)
 
 
 def numpy_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:

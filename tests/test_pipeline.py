@@ -10,7 +10,7 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from em_trainer.pipeline import PHASE_MARKER, PipelineConfigError, load_config, run_em_then_grpo
+from em_trainer.workflows.em_then_grpo import PHASE_MARKER, PipelineConfigError, load_config, run_em_then_grpo
 
 POOL = str(Path(__file__).resolve().parent / "fixtures" / "arithmetic_pool.jsonl")
 

@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from em_trainer import EMConfig, EMTrainer, load_one_shot_dataset
-from em_trainer.analysis import fresh_sample_entropy
+from em_trainer.evaluation.analysis import fresh_sample_entropy
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from em_trainer.evaluation import BENCHMARKS, load_benchmark
-from em_trainer.scoring import gold_answer, grade, last_boxed, normalize_minerva_gold, parse_gold
+from em_trainer.evaluation.scoring import gold_answer, grade, last_boxed, normalize_minerva_gold, parse_gold
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "benchmarks"

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from em_trainer.cli import main
-from em_trainer.generation import Completion
-from em_trainer.selection import SelectionError, majority_agreement, select_prompts
+from em_trainer.decoding.generation import Completion
+from em_trainer.evaluation.selection import SelectionError, majority_agreement, select_prompts
 
 
 class PlainTokenizer:

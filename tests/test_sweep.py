@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from em_trainer.cli import main
-from em_trainer.sweep import aggregate, parse_grid, plan_runs
+from em_trainer.workflows.sweep import aggregate, parse_grid, plan_runs
 
 
 def test_grid_and_plan():

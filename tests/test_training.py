@@ -7,7 +7,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from em_trainer import EMConfig, EMTrainer
-from em_trainer.analysis import fresh_sample_entropy
+from em_trainer.evaluation.analysis import fresh_sample_entropy
 
 
 def tiny_args(tmp_path, **overrides):

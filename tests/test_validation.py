@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from em_trainer import EMConfig, EMConfigError, EMTrainer
 from em_trainer.data import DatasetError, load_prompt_dataset
-from em_trainer.models import ModelResolutionError, resolve_model
+from em_trainer.data.models import ModelResolutionError, resolve_model
 
 
 def test_defaults_are_the_papers_recipe(tmp_path):

@@ -15,6 +15,8 @@ from typing import Any
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
+from ..data.labels import last_boxed
+
 DEFAULT_TIMEOUT_SECONDS = 5
 
 _PRED_CONFIG = [
@@ -28,26 +30,6 @@ def _timeout() -> int | None:
     # math-verify times out with SIGALRM, which only the main thread may use; elsewhere (dataloader workers, TRL's
     # async reward loop, thread pools) the timeout is dropped rather than crashing.
     return DEFAULT_TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces matched; ``None`` if absent."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    brace = text.find("{", start)
-    if brace < 0:
-        rest = text[start:].split("$")[0].split()
-        return rest[1] if len(rest) > 1 else None
-    depth = 0
-    for i in range(brace, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[brace + 1 : i]
-    return None
 
 
 def _strip_dollars(text: str) -> str:

@@ -4,23 +4,23 @@ The one-shot EM paper's score peaks near step 10 and then declines while the los
 stopping as future work. ``DevSetEarlyStopping`` scores a small labeled dev set every N optimizer steps, keeps the
 best weights, stops after ``patience`` evaluations without improvement and puts the best weights back at the end.
 ``CollapseGuard`` needs no labels: it stops when the entropy falls below a floor or the completions collapse (too
-short, or repeating themselves).
+short, or repeating themselves). Neither knows how a score is computed: the scorer is passed in.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from transformers import TrainerCallback
 
-from .generation import HFGenerator, SamplingSettings, render_chat
-from .scoring import grade, parse_gold
-
+# A scorer maps a model to a number, higher is better (e.g. greedy accuracy on a dev set). The core never builds one:
+# em_trainer.evaluation.build_dev_set_scorer does, and the trainer passes it in.
 Scorer = Callable[[Any], float]
 
 
@@ -31,45 +31,6 @@ def repetition_rate(text: str, n: int = 4) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def load_dev_rows(source: str, data_dir: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows ``{"problem", "gold"}`` of a dev set: a benchmark name (see evaluation) or a file with problem/answer."""
-    from .evaluation import BENCHMARKS, load_benchmark
-    from .selection import PROBLEM_COLUMNS, load_pool, pool_answer
-
-    if source in BENCHMARKS:
-        return [{"problem": r["problem"], "gold": r["gold"]} for r in load_benchmark(source, data_dir, limit)]
-    rows = []
-    for row in load_pool(source, limit=limit):
-        column = next((c for c in PROBLEM_COLUMNS if row.get(c)), None)
-        answer = pool_answer(row)
-        if column and answer is not None:
-            rows.append({"problem": str(row[column]), "gold": answer})
-    if not rows:
-        raise ValueError(f"Dev set '{source}' has no row with both a problem and an answer.")
-    return rows
-
-
-def dev_set_scorer(
-    rows: Sequence[dict[str, Any]],
-    tokenizer: Any,
-    max_new_tokens: int = 512,
-    batch_size: int = 8,
-    system_prompt: str | None = "Please reason step by step, and put your final answer within \\boxed{}.",
-) -> Scorer:
-    """A scorer: greedy accuracy of a model on ``rows`` (graded by em_trainer.scoring)."""
-    golds = [parse_gold(r["gold"]) for r in rows]
-    prompts = [render_chat(tokenizer, r["problem"], system_prompt) for r in rows]
-    settings = SamplingSettings(temperature=0.0, max_new_tokens=max_new_tokens)
-
-    def score(model: Any) -> float:
-        generator = HFGenerator(model, tokenizer=tokenizer, batch_size=batch_size)
-        outputs = generator.generate(prompts, settings)
-        correct = [grade(gold, samples[0].text).correct for gold, samples in zip(golds, outputs, strict=True)]
-        return sum(correct) / len(correct)
-
-    return score
-
-
 class DevSetEarlyStopping(TrainerCallback):
     """Score every ``eval_steps`` optimizer steps; keep the best weights; stop after ``patience`` non-improvements.
 
@@ -78,27 +39,24 @@ class DevSetEarlyStopping(TrainerCallback):
     evaluation is added to the log history as ``early_stopping/score`` and kept in ``early_stopping.json``.
     """
 
-    def __init__(self, trainer: Any, scorer: Scorer, eval_steps: int = 5, patience: int = 2) -> None:
+    def __init__(self, scorer: Scorer, eval_steps: int = 5, patience: int = 2) -> None:
         if eval_steps < 1 or patience < 1:
             raise ValueError("early stopping needs eval_steps >= 1 and patience >= 1.")
-        self.trainer, self.scorer = trainer, scorer
+        self.scorer = scorer
         self.eval_steps, self.patience = eval_steps, patience
         self.best_score: float | None = None
         self.best_step: int | None = None
         self.bad_evaluations = 0
         self.history: list[dict[str, Any]] = []
 
-    @property
-    def best_dir(self) -> Path:
-        return Path(self.trainer.args.output_dir) / "best"
+    @staticmethod
+    def best_dir(args: Any) -> Path:
+        return Path(args.output_dir) / "best"
 
-    def _model(self) -> Any:
-        return self.trainer.accelerator.unwrap_model(self.trainer.model)
-
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if state.global_step % self.eval_steps != 0:
             return control
-        model = self._model()
+        model = getattr(model, "module", model)  # a DDP wrapper holds the model as .module
         was_training = model.training
         with torch.no_grad():
             score = float(self.scorer(model))
@@ -110,10 +68,12 @@ class DevSetEarlyStopping(TrainerCallback):
         if improved:
             self.best_score, self.best_step, self.bad_evaluations = score, state.global_step, 0
             if state.is_world_process_zero:
-                if self.best_dir.exists():
-                    shutil.rmtree(self.best_dir)
-                model.save_pretrained(self.best_dir)
-                self.trainer.processing_class.save_pretrained(self.best_dir)
+                best = self.best_dir(args)
+                if best.exists():
+                    shutil.rmtree(best)
+                model.save_pretrained(best)
+                if processing_class is not None:
+                    processing_class.save_pretrained(best)
         else:
             self.bad_evaluations += 1
             if self.bad_evaluations >= self.patience:
@@ -125,15 +85,15 @@ class DevSetEarlyStopping(TrainerCallback):
         )
         return control
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.best_step is None:
             return control
-        self.trainer.accelerator.wait_for_everyone()
+        PartialState().wait_for_everyone()
         from safetensors.torch import load_file
 
-        model = self._model()
+        model = getattr(model, "module", model)
         weights = {}
-        for shard in sorted(self.best_dir.glob("*.safetensors")):
+        for shard in sorted(self.best_dir(args).glob("*.safetensors")):
             weights.update(load_file(str(shard)))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         tied = {k for k in missing if "lm_head" in k}  # tied embeddings are not saved twice
@@ -151,17 +111,18 @@ class CollapseGuard(TrainerCallback):
 
     Collapse: mean completion length below ``min_length`` tokens, or a mean repetition rate (repeated word 4-grams,
     see :func:`repetition_rate`) above ``max_repetition`` over the step's completions. Any threshold left ``None``
-    is not checked. The reason is printed and added to the log history as ``collapse_guard/stopped``.
+    is not checked. ``completions`` returns the texts logged so far (the trainer passes its completion log). The
+    reason is printed and added to the log history as ``collapse_guard/stopped``.
     """
 
     def __init__(
         self,
-        trainer: Any,
         entropy_floor: float | None = None,
         min_length: float | None = None,
         max_repetition: float | None = None,
+        completions: Callable[[], list] | None = None,
     ) -> None:
-        self.trainer = trainer
+        self.completions = completions or list
         self.entropy_floor, self.min_length, self.max_repetition = entropy_floor, min_length, max_repetition
         self.reason: str | None = None
 
@@ -174,7 +135,7 @@ class CollapseGuard(TrainerCallback):
         if self.min_length is not None and length is not None and length < self.min_length:
             reasons.append(f"mean completion length {length:.1f} < {self.min_length}")
         if self.max_repetition is not None:
-            texts = [str(c) for c in list(self.trainer._logs["completion"])[-args.generation_batch_size :]]
+            texts = [str(c) for c in self.completions()[-args.generation_batch_size :]]
             if texts:
                 rate = sum(repetition_rate(t) for t in texts) / len(texts)
                 if state.log_history:

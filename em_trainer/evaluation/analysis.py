@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import is_conversational_prompt
-from .objectives import token_entropy_from_logits
+from ..core.objectives import token_entropy_from_logits
+from ..data.prompts import render_prompt
+from ..data.tokens import eos_token_ids, pad_token_id
 
 
 @dataclass
@@ -26,15 +27,6 @@ class SampleEntropy:
             f"mean token entropy {self.mean_entropy:.4f} nats over {self.num_tokens} generated tokens "
             f"({self.num_samples} samples, mean length {self.mean_length:.1f})"
         )
-
-
-def render_prompt(prompt: Any, tokenizer: PreTrainedTokenizerBase) -> str:
-    """Plain text of a prompt: chat messages go through the tokenizer's chat template, text is kept."""
-    if is_conversational_prompt(prompt):
-        if tokenizer.chat_template is None:
-            return "\n\n".join(m["content"] for m in prompt)
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return prompt
 
 
 @torch.no_grad()
@@ -55,9 +47,8 @@ def fresh_sample_entropy(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    eos_ids = model.generation_config.eos_token_id
-    eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [tokenizer.eos_token_id])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = pad_token_id(tokenizer, eos_ids)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     total, count, lengths = 0.0, 0, []
@@ -192,8 +183,7 @@ def collect_logit_statistics(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    eos_ids = model.generation_config.eos_token_id
-    eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [tokenizer.eos_token_id])
+    eos_ids = eos_token_ids(model, tokenizer)
     moments = StreamingMoments(sample_size, seed)
     entropy_sum = top1_sum = 0.0
     positions = 0
@@ -211,7 +201,7 @@ def collect_logit_statistics(
                 top_k=None if temperature == 0 else 0,
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=num_samples if temperature > 0 else 1,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0],
+                pad_token_id=pad_token_id(tokenizer, eos_ids),
                 eos_token_id=eos_ids,
             )
             for row in output:

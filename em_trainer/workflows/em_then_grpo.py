@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from trl import GRPOTrainer
+
+from ..core.model_card import BOTH_CITATIONS, build_model_card
 
 PHASE_MARKER = ".phase_complete"
 DATA_KEYS = ("dataset", "dataset_split", "problem_column", "answer_column", "max_prompts")
@@ -116,10 +119,11 @@ def _phase_settings(config: dict[str, Any], phase: str) -> tuple[Path, dict[str,
 
 def run_em_phase(config: dict[str, Any]) -> Path:
     """Phase 1: one-shot EM. Returns the directory of the final weights."""
-    from .config import EMConfig
-    from .data import load_prompt_dataset
-    from .models import resolve_model
-    from .trainer import EMTrainer
+    from ..core.config import EMConfig
+    from ..core.trainer import EMTrainer
+    from ..data.models import resolve_model
+    from ..data.prompts import load_prompt_dataset
+    from ..evaluation.dev_set import build_dev_set_scorer
 
     directory, settings, data = _phase_settings(config, "em")
     if (directory / PHASE_MARKER).is_file():
@@ -133,11 +137,18 @@ def run_em_phase(config: dict[str, Any]) -> Path:
         data.get("problem_column"),
         limit=data.get("max_prompts"),
     )
+    model_path = resolve_model(config.get("model"))
+    scorer = None
+    if args.early_stopping_dev_set:
+        from transformers import AutoTokenizer
+
+        scorer = build_dev_set_scorer(args, AutoTokenizer.from_pretrained(model_path, padding_side="left"))
     trainer = EMTrainer(
-        model=resolve_model(config.get("model")),
+        model=model_path,
         args=args,
         train_dataset=dataset,
         peft_config=_peft_config(config.get("peft")),
+        dev_set_scorer=scorer,
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
     _save_final(trainer, directory, bool(config.get("merge_on_save", True)))
@@ -153,8 +164,9 @@ def load_labeled_dataset(settings: dict[str, Any]):
     """The GRPO phase's prompts with an ``answer`` column, from a Hub id or a local file."""
     from datasets import Dataset
 
-    from .data import format_problem
-    from .selection import PROBLEM_COLUMNS, load_pool, pool_answer
+    from ..data.labels import PROBLEM_COLUMNS, pool_answer
+    from ..data.prompts import format_problem
+    from ..data.sources import load_pool
 
     source = settings.get("dataset")
     if not source:
@@ -177,14 +189,55 @@ def load_labeled_dataset(settings: dict[str, Any]):
     return Dataset.from_list(records)
 
 
+class GRPOAfterEMTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer for phase 2, whose model card tells both phases apart and cites the EM papers."""
+
+    _tag_names = ["trl", "grpo", "em-trainer", "entropy-minimization"]
+
+    def __init__(self, *args: Any, em_dir: Path, base_model: str | None, dataset_name: str | None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.em_dir, self.base_model, self.dataset_name = em_dir, base_model, dataset_name
+        marker = em_dir / PHASE_MARKER
+        self.em_summary = json.loads(marker.read_text()) if marker.is_file() else {}
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        if not self.is_world_process_zero():
+            return
+        directory = Path(self.args.output_dir)
+        last = next((log for log in reversed(self.state.log_history) if "reward" in log), {})
+        card = build_model_card(
+            model_name=model_name or directory.name,
+            model_id=self.args.hub_model_id or str(directory),
+            base_model=self.base_model,
+            dataset_name=dataset_name or self.dataset_name,
+            hyperparameters={
+                "phase 1 (EM) data": self.em_summary.get("dataset"),
+                "phase 1 (EM) optimizer steps": self.em_summary.get("steps"),
+                "phase 1 (EM) settings": f"see {self.em_dir / 'README.md'}",
+                "phase 2 (GRPO) data": self.dataset_name,
+                "phase 2 (GRPO) optimizer steps": self.state.global_step,
+                "phase 2 reward": "accuracy (math-verify against the answer column)",
+                "phase 2 learning rate": self.args.learning_rate,
+                "phase 2 generations per prompt": self.args.num_generations,
+                "phase 2 sampling temperature": self.args.temperature,
+                "phase 2 KL weight (beta)": self.args.beta,
+                "phase 2 max response length": self.args.max_completion_length,
+                "phase 2 loss": self.args.loss_type,
+            },
+            results={k: v for k, v in last.items() if k in ("reward", "rewards/accuracy_reward/mean", "entropy")},
+            method_description=EM_THEN_GRPO_DESCRIPTION,
+            tags=["grpo", "em-then-grpo"],
+            citation=BOTH_CITATIONS,
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
 def run_grpo_phase(config: dict[str, Any], em_dir: Path) -> Path:
     """Phase 2: GRPO with the accuracy reward, starting from the phase-1 weights."""
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
-    from .model_card import build_model_card
-    from .models import base_model_id
-    from .rewards import accuracy_reward
-    from .trainer import ONE_SHOT_EM_CITATION, UNREASONABLE_EM_CITATION
+    from ..data.models import base_model_id
+    from ..evaluation.rewards import accuracy_reward
 
     directory, settings, data = _phase_settings(config, "grpo")
     if (directory / PHASE_MARKER).is_file():
@@ -196,41 +249,6 @@ def run_grpo_phase(config: dict[str, Any], em_dir: Path) -> Path:
         settings.setdefault("use_cpu", True)  # several CPU processes: gloo, as EMConfig does
     args = GRPOConfig(output_dir=str(directory), hub_model_id=_hub_id(config, "em-grpo"), **settings)
     dataset = load_labeled_dataset(data)
-    em_marker = json.loads((em_dir / PHASE_MARKER).read_text()) if (em_dir / PHASE_MARKER).is_file() else {}
-    base = base_model_id(config.get("model"))
-
-    class GRPOAfterEMTrainer(GRPOTrainer):
-        _tag_names = ["trl", "grpo", "em-trainer", "entropy-minimization"]
-
-        def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-            if not self.is_world_process_zero():
-                return
-            last = next((log for log in reversed(self.state.log_history) if "reward" in log), {})
-            card = build_model_card(
-                model_name=model_name or directory.name,
-                model_id=self.args.hub_model_id or str(directory),
-                base_model=base,
-                dataset_name=dataset_name or data.get("dataset"),
-                hyperparameters={
-                    "phase 1 (EM) data": em_marker.get("dataset"),
-                    "phase 1 (EM) optimizer steps": em_marker.get("steps"),
-                    "phase 1 (EM) settings": f"see {em_dir / 'README.md'}",
-                    "phase 2 (GRPO) data": data.get("dataset"),
-                    "phase 2 (GRPO) optimizer steps": self.state.global_step,
-                    "phase 2 reward": "accuracy (math-verify against the answer column)",
-                    "phase 2 learning rate": self.args.learning_rate,
-                    "phase 2 generations per prompt": self.args.num_generations,
-                    "phase 2 sampling temperature": self.args.temperature,
-                    "phase 2 KL weight (beta)": self.args.beta,
-                    "phase 2 max response length": self.args.max_completion_length,
-                    "phase 2 loss": self.args.loss_type,
-                },
-                results={k: v for k, v in last.items() if k in ("reward", "rewards/accuracy_reward/mean", "entropy")},
-                method_description=EM_THEN_GRPO_DESCRIPTION,
-                tags=["grpo", "em-then-grpo"],
-                citation=ONE_SHOT_EM_CITATION + "\n\n" + UNREASONABLE_EM_CITATION,
-            )
-            card.save(os.path.join(self.args.output_dir, "README.md"))
 
     model: Any = str(em_dir)
     processing_class = None
@@ -248,6 +266,9 @@ def run_grpo_phase(config: dict[str, Any], em_dir: Path) -> Path:
         train_dataset=dataset,
         processing_class=processing_class,
         peft_config=_peft_config(config.get("peft")),
+        em_dir=em_dir,
+        base_model=base_model_id(config.get("model")),
+        dataset_name=data.get("dataset"),
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
     _save_final(trainer, directory, bool(config.get("merge_on_save", True)))

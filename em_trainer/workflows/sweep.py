@@ -24,6 +24,10 @@ from typing import Any
 RUN_MARKER = ".run_complete"
 
 
+class SweepError(ValueError):
+    """A sweep setting that cannot work, or a run that failed; the message says where to look."""
+
+
 @dataclass(frozen=True)
 class Run:
     point: tuple[tuple[str, str], ...]
@@ -44,11 +48,11 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     grid: dict[str, list[str]] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--grid '{item}' must look like field=v1,v2,...")
+            raise SweepError(f"--grid '{item}' must look like field=v1,v2,...")
         field, values = item.split("=", 1)
         grid[field.strip()] = [v.strip() for v in values.split(",") if v.strip()]
         if not grid[field.strip()]:
-            raise ValueError(f"--grid '{item}' has no values.")
+            raise SweepError(f"--grid '{item}' has no values.")
     return grid
 
 
@@ -75,7 +79,7 @@ def train_run(
     (directory / "train.log").write_text(result.stdout + "\n" + result.stderr)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout)[-2000:]
-        raise RuntimeError(f"training run {run.point_tag} seed {run.seed} failed (see {directory}/train.log):\n{tail}")
+        raise SweepError(f"training run {run.point_tag} seed {run.seed} failed (see {directory}/train.log):\n{tail}")
 
 
 def loss_by_step(directory: Path) -> dict[int, float]:
@@ -91,8 +95,8 @@ def loss_by_step(directory: Path) -> dict[int, float]:
 def evaluate_model(
     model_dir: Path, benchmarks: list[str], output_dir: Path, eval_settings: dict[str, Any]
 ) -> dict[str, float]:
-    from .evaluation import evaluate_benchmark
-    from .generation import HFGenerator, SamplingSettings
+    from ..decoding.generation import HFGenerator, SamplingSettings
+    from ..evaluation.evaluate import evaluate_benchmark
 
     generator = HFGenerator(str(model_dir), batch_size=eval_settings.get("batch_size", 8))
     settings = SamplingSettings(

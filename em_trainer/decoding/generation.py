@@ -1,8 +1,9 @@
 """One interface to sample n completions per prompt: vLLM on a GPU when installed, HF ``generate`` otherwise.
 
 Selection and evaluation use this layer; neither knows which backend runs. Prompts are plain text (already rendered
-through the chat template: see :func:`render_chat`), and every backend returns the completion text, its token ids
-and why it stopped (``"stop"`` at an end-of-sequence token, ``"length"`` at the token budget).
+through the chat template: see :func:`em_trainer.data.prompts.render_chat`), and every backend returns the
+completion text, its token ids and why it stopped (``"stop"`` at an
+end-of-sequence token, ``"length"`` at the token budget).
 """
 
 from __future__ import annotations
@@ -13,6 +14,21 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
+from ..data.models import resolve_model
+from ..data.prompts import render_chat
+from ..data.tokens import eos_token_ids
+from .em_inf import EMInfSettings, EntropyMinimizingLogitsProcessor
+
+__all__ = [
+    "Completion",
+    "Generator",
+    "HFGenerator",
+    "SamplingSettings",
+    "VLLMGenerator",
+    "make_generator",
+    "render_chat",
+]
 
 
 @dataclass
@@ -51,23 +67,12 @@ class Completion:
 class Generator(Protocol):
     """Anything that returns, for each prompt, ``settings.n`` completions."""
 
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer that renders prompts for this backend's model."""
+        ...
+
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]: ...
-
-
-def render_chat(tokenizer: Any, user: str, system: str | None = None) -> str:
-    """A user message (and optional system prompt) through the chat template; plain text without one."""
-    if getattr(tokenizer, "chat_template", None) is None:
-        return f"{system}\n\n{user}\n\n" if system else f"{user}\n\n"
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 class HFGenerator:
@@ -90,8 +95,6 @@ class HFGenerator:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .models import resolve_model
-
         if isinstance(model, str):
             path = resolve_model(model)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
@@ -107,7 +110,7 @@ class HFGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
         self.logits_processors = list(logits_processors or [])
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
@@ -157,11 +160,13 @@ class VLLMGenerator:
             raise ImportError("The vLLM backend needs vLLM: pip install 'em-trainer[vllm]' (on a machine with a GPU).")
         from vllm import LLM
 
-        from .models import resolve_model
-
         if logits_processors:
             llm_kwargs["logits_processors"] = list(logits_processors)
         self.llm = LLM(model=resolve_model(model), **llm_kwargs)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.llm.get_tokenizer()
 
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
         from vllm import SamplingParams
@@ -188,13 +193,26 @@ def vllm_usable() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
-def make_generator(model: Any, backend: str = "auto", **kwargs: Any) -> Generator:
-    """``backend``: ``"auto"`` (vLLM when installed and a GPU is present, else HF), ``"vllm"`` or ``"hf"``."""
+def make_generator(model: Any, backend: str = "auto", em_inf: EMInfSettings | None = None, **kwargs: Any) -> Generator:
+    """A generator for ``model``, optionally decoding with EM-INF (``em_inf``, settings carried by each backend).
+
+    ``backend``: ``"auto"`` (vLLM when installed and a GPU is present, else HF), ``"vllm"`` or ``"hf"``.
+    """
     if backend not in ("auto", "vllm", "hf"):
         raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', got '{backend}'.")
     if backend == "vllm" or (backend == "auto" and vllm_usable() and isinstance(model, str)):
         kwargs.pop("batch_size", None)
         kwargs.pop("tokenizer", None)
         kwargs.pop("dtype", None)
+        if em_inf is not None:
+            from .em_inf import make_vllm_logits_processor
+
+            kwargs["logits_processors"] = [
+                *kwargs.get("logits_processors", []),
+                make_vllm_logits_processor(em_inf, True),
+            ]
         return VLLMGenerator(model, **kwargs)
+    if em_inf is not None:
+        processor = EntropyMinimizingLogitsProcessor(em_inf.threshold, em_inf.kl_weight, em_inf.lr, em_inf.n_steps)
+        kwargs["logits_processors"] = [*kwargs.get("logits_processors", []), processor]
     return HFGenerator(model, **kwargs)

@@ -1,4 +1,4 @@
-"""Prompt datasets for EM training: the bundled one-shot prompt, Hub datasets and local files.
+"""Prompts: the one home of prompt text, rendering through chat templates, and prompt datasets for training.
 
 A training row needs a ``prompt`` (TRL's format: plain text, or a list of chat messages that the trainer renders with
 the model's chat template) or a ``problem`` (a bare math problem, turned into one user message that asks for a boxed
@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
+
+from .sources import DatasetError, read_source
 
 # The instruction appended to a bare problem. It is the one of the one-shot prompt (pi1) the paper trained on.
 BOXED_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
+# The system prompt of the Qwen2.5-Math evaluation harness, which both EM papers evaluate with.
+MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 PROMPT_COLUMNS = ("prompt", "problem")
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used for training; the message names the problem and the fix."""
 
 
 def one_shot_example() -> dict[str, str]:
@@ -41,35 +39,6 @@ def load_one_shot_dataset(instruction: str | None = BOXED_INSTRUCTION) -> Datase
     """The bundled one-row dataset: the paper's one-shot prompt as a chat message, plus its ``answer``."""
     row = one_shot_example()
     return Dataset.from_list([{"prompt": format_problem(row["problem"], instruction), "answer": row["answer"]}])
-
-
-def _read_source(source: str, split: str) -> Dataset:
-    path = Path(source).expanduser()
-    if path.is_file():
-        fmt = LOCAL_FORMATS.get(path.suffix.lower())
-        if fmt is None:
-            raise DatasetError(
-                f"Cannot read {path}: unknown file type '{path.suffix}'. Use one of {', '.join(LOCAL_FORMATS)}."
-            )
-        if path.stat().st_size == 0:
-            raise DatasetError(f"Dataset file {path} is empty: EM needs at least one prompt.")
-        try:
-            return load_dataset(fmt, data_files=str(path), split="train")
-        except Exception as error:  # pyarrow and pandas raise many types for a malformed file
-            raise DatasetError(
-                f"Could not read {path} as {fmt}: {error}. Check that the file is valid {fmt}."
-            ) from error
-    if path.is_dir():
-        return load_dataset(str(path), split=split)
-    if source.startswith((".", "/", "~")) or source.endswith(tuple(LOCAL_FORMATS)):
-        raise DatasetError(f"Dataset file not found: {path}. Check the path.")
-    try:
-        return load_dataset(source, split=split)
-    except Exception as error:  # the Hub raises many types; the user needs the id and the reason
-        raise DatasetError(
-            f"Could not load dataset '{source}' (split '{split}') from the Hugging Face Hub: {error}. "
-            "Pass a local .jsonl/.parquet/.csv file instead, or check the id, the split and your connection."
-        ) from error
 
 
 def prepare_prompts(
@@ -112,14 +81,46 @@ def load_prompt_dataset(
     """Load prompts from a Hub id, a local jsonl/parquet/csv file or directory; ``None`` gives the one-shot prompt."""
     if source is None or source in ("one_shot", "one-shot", "pi1"):
         return load_one_shot_dataset(instruction)
-    dataset = _read_source(source, split)
+    dataset = read_source(source, split)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     return prepare_prompts(dataset, prompt_column, instruction, source=f"Dataset '{source}'")
 
 
 def is_conversational_prompt(prompt: Any) -> bool:
+    """Whether ``prompt`` is a list of chat messages (TRL's conversational format) rather than plain text."""
     return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict) and "role" in prompt[0]
+
+
+def chat_messages(user: str, system: str | None = None) -> list[dict[str, str]]:
+    """A user message, after a system message when ``system`` is given."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+def flatten_messages(messages: list[dict[str, Any]]) -> str:
+    """Plain text of chat messages for a tokenizer without a chat template: the contents, a blank line between."""
+    return "\n\n".join(m["content"] for m in messages if isinstance(m.get("content"), str))
+
+
+def render_messages(tokenizer: Any, messages: list[dict[str, Any]], answer_cue: bool = True) -> str:
+    """Chat messages as the text the model continues: its chat template with the generation prompt, else flattened.
+
+    Without a template, ``answer_cue`` ends the text with a blank line (evaluation and selection prompts); training
+    prompts are flattened without it, as :func:`messages_to_text` does for the trainer.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        return flatten_messages(messages) + ("\n\n" if answer_cue else "")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_chat(tokenizer: Any, user: str, system: str | None = None) -> str:
+    """A user message (and optional system prompt) through the chat template; plain text without one."""
+    return render_messages(tokenizer, chat_messages(user, system))
+
+
+def render_prompt(prompt: Any, tokenizer: Any) -> str:
+    """Text of a training-format prompt: chat messages are rendered, plain text is already the model's input."""
+    return render_messages(tokenizer, prompt, answer_cue=False) if is_conversational_prompt(prompt) else prompt
 
 
 def messages_to_text(dataset: Dataset) -> Dataset:
@@ -127,8 +128,6 @@ def messages_to_text(dataset: Dataset) -> Dataset:
 
     def flatten(row: dict[str, Any]) -> dict[str, Any]:
         prompt = row["prompt"]
-        if is_conversational_prompt(prompt):
-            prompt = "\n\n".join(m["content"] for m in prompt if isinstance(m.get("content"), str))
-        return {"prompt": prompt}
+        return {"prompt": flatten_messages(prompt) if is_conversational_prompt(prompt) else prompt}
 
     return dataset.map(flatten)

@@ -19,14 +19,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import BOXED_INSTRUCTION, format_problem
-from .evaluation import RecordFile
-from .generation import Generator, SamplingSettings, render_chat
-from .scoring import grade, is_parseable, last_boxed, parse_gold, parse_prediction
+from ..data.labels import PROBLEM_COLUMNS, last_boxed, pick_column, pool_answer
+from ..data.prompts import BOXED_INSTRUCTION, format_problem, render_chat
+from ..data.sources import load_pool
+from ..decoding.generation import Generator, SamplingSettings
+from .records import RecordFile
+from .scoring import grade, is_parseable, parse_gold, parse_prediction
 
-PROBLEM_COLUMNS = ("problem", "question", "prompt")
-ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth")
-SOLUTION_COLUMNS = ("solution",)  # NuminaMath-style pools: the answer is the last \boxed{} of the solution
+__all__ = [
+    "PromptStats",
+    "SelectionError",
+    "SelectionResult",
+    "load_pool",
+    "majority_agreement",
+    "pool_answer",
+    "rank",
+    "rank_key",
+    "select_prompts",
+]
 
 
 class SelectionError(ValueError):
@@ -91,44 +101,6 @@ def majority_agreement(extracted: Sequence[str | None], same: Callable[[str, str
     return [i in majority for i in range(len(extracted))]
 
 
-def _pick(row: dict[str, Any], column: str | None, candidates: Sequence[str]) -> str | None:
-    names = [column] if column else list(candidates)
-    return next((c for c in names if c in row and row[c] not in (None, "", [])), None)
-
-
-def pool_answer(row: dict[str, Any], answer_column: str | None = None) -> str | None:
-    """The label of a pool row: an answer column (DeepScaleR style) or the last boxed of a solution (NuminaMath)."""
-    column = _pick(row, answer_column, ANSWER_COLUMNS)
-    if column is not None:
-        value = row[column]
-        if isinstance(value, dict):  # verl-style {"ground_truth": ...}
-            value = value.get("ground_truth")
-        if isinstance(value, list):
-            value = ", ".join(str(v) for v in value)
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        return None if value is None else str(value).strip().strip("$")
-    if answer_column is None:
-        solution = _pick(row, None, SOLUTION_COLUMNS)
-        if solution is not None:
-            return last_boxed(str(row[solution]))
-    return None
-
-
-def load_pool(source: str, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a pool from a Hub id or a local jsonl/parquet/csv file."""
-    from .data import DatasetError, _read_source
-
-    try:
-        dataset = _read_source(source, split)
-    except DatasetError as error:
-        raise SelectionError(str(error)) from error
-    rows = list(dataset)
-    if not rows:
-        raise SelectionError(f"Pool '{source}' is empty.")
-    return rows[:limit] if limit is not None else rows
-
-
 def _settings_fingerprint(settings: SamplingSettings, labels: str, model: str, instruction: str | None) -> str:
     text = json.dumps({"settings": asdict(settings), "labels": labels, "model": model, "instruction": instruction})
     return hashlib.sha1(text.encode()).hexdigest()[:16]
@@ -175,7 +147,7 @@ def select_prompts(
     bad_rows: list[dict[str, Any]] = []
     todo: list[tuple[int, str, str | None]] = []
     for index, row in enumerate(rows):
-        column = _pick(row, problem_column, PROBLEM_COLUMNS)
+        column = pick_column(row, problem_column, PROBLEM_COLUMNS)
         if column is None:
             bad_rows.append(
                 {"index": index, "reason": f"no problem column (looked for {problem_column or PROBLEM_COLUMNS})"}

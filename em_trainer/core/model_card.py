@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import platform
+import textwrap
 from importlib import metadata, resources
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
+
+ONE_SHOT_EM_CITATION = textwrap.dedent("""\
+    @article{gao2025oneshotem,
+        title        = {{One-shot Entropy Minimization}},
+        author       = {Zitian Gao and Lynx Chen and Haoming Luo and Joey Zhou and Bryan Dai},
+        year         = 2025,
+        eprint       = {arXiv:2505.20282},
+    }""")
+UNREASONABLE_EM_CITATION = textwrap.dedent("""\
+    @article{agarwal2025unreasonable,
+        title        = {{The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning}},
+        author       = {Shivam Agarwal and Zimin Zhang and Lifan Yuan and Jiawei Han and Hao Peng},
+        year         = 2025,
+        eprint       = {arXiv:2505.15134},
+    }""")
+BOTH_CITATIONS = ONE_SHOT_EM_CITATION + "\n\n" + UNREASONABLE_EM_CITATION
 
 EM_FT_DESCRIPTION = (
     "Entropy minimization (One-shot EM, Gao et al. 2025): responses are sampled from the model itself for unlabeled "

@@ -2,41 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import os
-import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer import utils as trl_utils
-from trl.trainer.utils import add_fused_lm_head, get_config_model_id, pad
+from trl.trainer.utils import get_config_model_id, pad
 
+from ..data.models import base_model_id, resolve_model
+from ..data.prompts import is_conversational_prompt, load_one_shot_dataset, messages_to_text
+from .callbacks import CollapseGuard, DevSetEarlyStopping, Scorer
 from .config import EMConfig, EMConfigError
-from .data import is_conversational_prompt, load_one_shot_dataset, messages_to_text
-from .model_card import build_model_card
-from .models import base_model_id, resolve_model
+from .fused_head import patch_entropy_temperature, score_generated_positions_only
+from .model_card import BOTH_CITATIONS, build_model_card
 from .objectives import masked_token_mean_loss, token_entropy_reward, token_normalizer, trajectory_reward
-
-ONE_SHOT_EM_CITATION = textwrap.dedent("""\
-    @article{gao2025oneshotem,
-        title        = {{One-shot Entropy Minimization}},
-        author       = {Zitian Gao and Lynx Chen and Haoming Luo and Joey Zhou and Bryan Dai},
-        year         = 2025,
-        eprint       = {arXiv:2505.20282},
-    }""")
-UNREASONABLE_EM_CITATION = textwrap.dedent("""\
-    @article{agarwal2025unreasonable,
-        title        = {{The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning}},
-        author       = {Shivam Agarwal and Zimin Zhang and Lifan Yuan and Jiawei Han and Hao Peng},
-        year         = 2025,
-        eprint       = {arXiv:2505.15134},
-    }""")
+from .rollout import PolicyForward, RolloutStash
 
 
 def _no_reward(completions: list, **kwargs: Any) -> list[float]:
@@ -46,23 +32,6 @@ def _no_reward(completions: list, **kwargs: Any) -> list[float]:
 
 _PLACEHOLDER_REWARD = _no_reward.__name__
 _REWARD_KEYS = ("reward", "reward_std", "frac_reward_zero_std")
-
-
-@contextlib.contextmanager
-def _score_generated_positions_only() -> Iterator[None]:
-    """Project only the completion positions through the fused LM head, on every device.
-
-    TRL's fused head gathers the positions with a label (the generated ones) before the vocabulary projection on
-    CUDA/XPU only; elsewhere it projects every position, prompt included, to keep tile shapes static for compilers
-    such as Neuron's. On CPU that spends most of the LM head on prompt positions whose result is then zeroed.
-    Gathering is exact either way (tested), so EMTrainer gathers everywhere except on Neuron.
-    """
-    original = trl_utils._use_triton
-    trl_utils._use_triton = lambda device: device.type != "neuron"
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
 
 
 class EMTrainer(GRPOTrainer):
@@ -85,8 +54,11 @@ class EMTrainer(GRPOTrainer):
             `PreTrainedModel`.
         reward_funcs: Optional reward functions (TRL's signature), computed and logged for monitoring only, e.g.
             accuracy on datasets with an answer column. They never change the loss.
-        args: An [`EMConfig`]; defaults to the paper's recipe.
+        args: An [`EMConfig`]; defaults to the paper's recipe. It is not modified.
         train_dataset: Prompts in TRL's format; defaults to the paper's one-shot prompt.
+        dev_set_scorer: For early stopping on a labeled dev set: a function of the model that returns its score
+            (higher is better), called every `args.early_stopping_eval_steps` optimizer steps. Build one with
+            `em_trainer.evaluation.build_dev_set_scorer(args, tokenizer)`, which reads `args.early_stopping_dev_set`.
         **kwargs: Everything else `GRPOTrainer` accepts (`processing_class`, `peft_config`, `callbacks`, ...).
     """
 
@@ -95,88 +67,107 @@ class EMTrainer(GRPOTrainer):
     _paper = {
         "title": "One-shot Entropy Minimization",
         "id": "2505.20282",
-        "citation": ONE_SHOT_EM_CITATION + "\n\n" + UNREASONABLE_EM_CITATION,
+        "citation": BOTH_CITATIONS,
     }
 
     def __init__(
         self,
-        model: Any = None,
+        model: str | PreTrainedModel | None = None,
         reward_funcs: Any = None,
         args: EMConfig | None = None,
         train_dataset: Dataset | IterableDataset | None = None,
+        dev_set_scorer: Scorer | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(model, str) or model is None:
-            self._base_model_id = base_model_id(model)
-            model = resolve_model(model)
-        else:
-            self._base_model_id = base_model_id(get_config_model_id(model.config))
-        if args is None:
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = EMConfig(f"{model_name.rstrip('/').split('/')[-1]}-EM")
-        elif not isinstance(args, EMConfig):
-            raise TypeError(
-                f"EMTrainer needs an EMConfig, got {type(args).__name__}. Build one with EMConfig(output_dir=...): "
-                "its defaults are the paper's recipe and it validates EM-specific settings."
+        model, self._base_model_id = self._resolve_model(model)
+        args = self._resolve_args(args, model)
+        if args.early_stopping_dev_set and dev_set_scorer is None:
+            raise EMConfigError(
+                f"early_stopping_dev_set='{args.early_stopping_dev_set}' needs a scorer: pass "
+                "dev_set_scorer=em_trainer.evaluation.build_dev_set_scorer(args, tokenizer) to EMTrainer "
+                "(`em-trainer train` does this for you), or unset early_stopping_dev_set."
             )
         if train_dataset is None:
             train_dataset = load_one_shot_dataset()
         self._check_dataset_fits_batch(train_dataset, args)
+        self._em_rl = args.objective == "neg_entropy_reward"
+        self._rollout = RolloutStash()
+        reward_funcs, args = self._reward_setup(reward_funcs, args)
+        self._has_placeholder_reward = reward_funcs == [_no_reward]
 
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+
+        if isinstance(self.train_dataset, Dataset):
+            self.train_dataset = self._match_chat_template(self.train_dataset, self._tokenizer)
+        self._add_stopping_callbacks(args, dev_set_scorer)
+        self.entropy_temperature = args.entropy_temperature or args.temperature
+        self._patch_entropy_temperature(args)
+
+    # ------------------------------------------------------------------------------------------------ set-up steps
+    @staticmethod
+    def _resolve_model(model: str | PreTrainedModel | None) -> tuple[str | PreTrainedModel, str | None]:
+        """The model (a reference becomes a loadable Hub id or directory) and the Hub id to cite as its base."""
+        if isinstance(model, str) or model is None:
+            return resolve_model(model), base_model_id(model)
+        return model, base_model_id(get_config_model_id(model.config))
+
+    @staticmethod
+    def _resolve_args(args: EMConfig | None, model: str | PreTrainedModel) -> EMConfig:
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            return EMConfig(f"{model_name.rstrip('/').split('/')[-1]}-EM")
+        if not isinstance(args, EMConfig):
+            raise TypeError(
+                f"EMTrainer needs an EMConfig, got {type(args).__name__}. Build one with EMConfig(output_dir=...): "
+                "its defaults are the paper's recipe and it validates EM-specific settings."
+            )
+        return args
+
+    def _reward_setup(self, reward_funcs: Any, args: EMConfig) -> tuple[list, EMConfig]:
+        """TRL's reward functions: the EM-RL reward first (with its weight), the user's for monitoring, else a zero.
+
+        EM-RL puts its own weight in front of the user's ``reward_weights``; that happens on a copy of ``args``.
+        """
         if reward_funcs is None:
             reward_funcs = []
         elif not isinstance(reward_funcs, list):
             reward_funcs = [reward_funcs]
-        self._em_rl = args.objective == "neg_entropy_reward"
-        self._em_rollout: tuple[list, list] | None = None
-        self._em_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._has_placeholder_reward = not reward_funcs and not self._em_rl
-        if self._em_rl:
-            user_weights = args.reward_weights
-            if user_weights is not None and len(user_weights) == len(reward_funcs):
-                args.reward_weights = [args.em_reward_weight, *user_weights]
-            elif user_weights is None and reward_funcs:
-                args.reward_weights = [args.em_reward_weight] + [1.0] * len(reward_funcs)
-            elif user_weights is None:
-                args.reward_weights = [args.em_reward_weight]
-            reward_funcs = [self._make_em_reward(args.em_reward, args.em_reward_reduction), *reward_funcs]
-        elif not reward_funcs:
-            reward_funcs = [_no_reward]
-
-        processing_class = kwargs.get("processing_class")
-        if isinstance(train_dataset, Dataset) and processing_class is not None:
-            train_dataset = self._match_chat_template(train_dataset, processing_class)
-
-        super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
-
-        if isinstance(train_dataset, Dataset) and processing_class is None:
-            # The tokenizer is only known now; a base model without chat template cannot render messages.
-            self.train_dataset = self._match_chat_template(self.train_dataset, self._tokenizer)
-
-        self._add_stopping_callbacks(args)
-
-        self.entropy_temperature = args.entropy_temperature or args.temperature
-        if self.entropy_temperature != self.temperature:
-            # GRPOTrainer patched the head at the sampling temperature; patching again makes this one the active one.
-            add_fused_lm_head(
-                self.model.get_base_model() if is_peft_model(self.model) else self.model,
-                temperature=self.entropy_temperature,
-                cast_lm_head_to_fp32=args.cast_lm_head_to_fp32,
-                outputs=("log_probs", "entropy"),
+        if not self._em_rl:
+            return (reward_funcs or [_no_reward]), args
+        user_weights = args.reward_weights
+        if user_weights is not None and len(user_weights) != len(reward_funcs):
+            raise EMConfigError(
+                f"reward_weights has {len(user_weights)} value(s) for {len(reward_funcs)} reward function(s). With "
+                "EM-RL, give one weight per reward function you pass; the EM reward's weight is em_reward_weight."
             )
+        args = copy.copy(args)
+        args.reward_weights = [args.em_reward_weight, *(user_weights or [1.0] * len(reward_funcs))]
+        return [self._make_em_reward(args.em_reward, args.em_reward_reduction), *reward_funcs], args
 
-    def _add_stopping_callbacks(self, args: EMConfig) -> None:
-        from .callbacks import CollapseGuard, DevSetEarlyStopping, dev_set_scorer, load_dev_rows
-
-        if args.early_stopping_dev_set:
-            rows = load_dev_rows(args.early_stopping_dev_set, args.early_stopping_data_dir, args.early_stopping_limit)
-            scorer = dev_set_scorer(rows, self._tokenizer, args.early_stopping_max_new_tokens)
+    def _add_stopping_callbacks(self, args: EMConfig, dev_set_scorer: Scorer | None) -> None:
+        if dev_set_scorer is not None:
             self.add_callback(
-                DevSetEarlyStopping(self, scorer, args.early_stopping_eval_steps, args.early_stopping_patience)
+                DevSetEarlyStopping(dev_set_scorer, args.early_stopping_eval_steps, args.early_stopping_patience)
             )
         if any(v is not None for v in (args.entropy_floor, args.collapse_min_length, args.collapse_max_repetition)):
             self.add_callback(
-                CollapseGuard(self, args.entropy_floor, args.collapse_min_length, args.collapse_max_repetition)
+                CollapseGuard(
+                    args.entropy_floor,
+                    args.collapse_min_length,
+                    args.collapse_max_repetition,
+                    completions=lambda: list(self._logs["completion"]),
+                )
+            )
+
+    def _patch_entropy_temperature(self, args: EMConfig) -> None:
+        """GRPOTrainer patched the heads at the sampling temperature; EM's loss (and KL) use the entropy one."""
+        if self.entropy_temperature == self.temperature:
+            return
+        patch_entropy_temperature(self.model, self.entropy_temperature, args.cast_lm_head_to_fp32, with_entropy=True)
+        if self.ref_model is not None:
+            # With PEFT the reference is the policy with its adapter off, already re-patched above.
+            patch_entropy_temperature(
+                self.ref_model, self.entropy_temperature, args.cast_lm_head_to_fp32, with_entropy=False
             )
 
     @staticmethod
@@ -200,12 +191,12 @@ class EMTrainer(GRPOTrainer):
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         if not isinstance(tokenizer, PreTrainedTokenizerBase) or tokenizer.chat_template is not None:
             return dataset
-        if is_conversational_prompt(dataset[0]["prompt"]):
+        if len(dataset) and is_conversational_prompt(dataset[0]["prompt"]):
             return messages_to_text(dataset)
         return dataset
 
     # ------------------------------------------------------------------------------------------------ EM-RL
-    def _make_em_reward(self, kind: str, reduction: str):
+    def _make_em_reward(self, kind: str, reduction: str) -> Callable[..., list[float]]:
         def reward(completions: list, **kwargs: Any) -> list[float]:
             logps, entropies, mask = self._em_token_statistics()
             if kind == "trajectory":
@@ -220,14 +211,17 @@ class EMTrainer(GRPOTrainer):
     def _generate(self, prompts: list):
         output = super()._generate(prompts)
         if self._em_rl:
-            # The EM reward needs the token ids of this rollout; TRL calls the rewards right after generating.
-            self._em_rollout = (output[0], output[1])
-            self._em_cache = None
+            # TRL calls the rewards after this rollout (see core/rollout.py for the order relied on).
+            self._rollout.new_rollout(output[0], output[1])
         return output
 
     @property
     def _trl_computes_old_logps(self) -> bool:
-        """Whether TRL runs a no-grad policy forward on each rollout before the rewards (its own condition)."""
+        """Whether TRL runs a no-grad policy forward on each rollout before the rewards.
+
+        This mirrors the condition in ``GRPOTrainer._generate_and_score_completions``;
+        ``tests/test_em_rl.py::test_trl_call_order`` fails if TRL's behaviour stops matching it.
+        """
         generate_every = self.args.steps_per_generation * self.num_iterations
         return self.args.gradient_accumulation_steps % generate_every != 0 or (
             self.use_vllm and self.vllm_importance_sampling_correction
@@ -235,27 +229,29 @@ class EMTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         # Only TRL's old-log-probs pass qualifies: the first no-grad policy forward after a rollout, when TRL runs one
-        # (with PEFT, the reference pass is the same module with its adapter off, and must not be taken).
-        reusable = self._em_rl and self._trl_computes_old_logps and self._em_cache is None
-        if not (reusable and not torch.is_grad_enabled() and model is self.model):
+        # (with PEFT, the reference pass is the same module with its adapter off, and comes after it).
+        reusable = (
+            self._em_rl
+            and self._rollout.awaiting_forward
+            and self._trl_computes_old_logps
+            and not torch.is_grad_enabled()
+            and model is self.model
+        )
+        if not reusable:
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
-        # A no-grad forward of the policy on a fresh rollout (TRL's old log-probs, when it needs them): take the
-        # entropies too, so the EM reward reuses this pass instead of running its own.
         compute_entropy = kwargs.pop("compute_entropy", False)
-        with _score_generated_positions_only():
+        with score_generated_positions_only():
             logps, entropies, aux = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, compute_entropy=True, **kwargs
             )
-        self._em_cache = (input_ids, attention_mask, logps, entropies)
+        self._rollout.keep_forward(PolicyForward(input_ids, attention_mask, logps, entropies))
         return logps, entropies if compute_entropy else None, aux
 
     def _em_token_statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-token log-probs and entropies of the current rollout, and its mask of generated positions."""
-        if self._em_rollout is None:
-            raise RuntimeError("The EM reward was called before any rollout was generated.")
-        prompt_ids_list, completion_ids_list = self._em_rollout
+        prompt_ids_list, completion_ids_list = self._rollout.ids()
         device = self.accelerator.device
         pad_id = self._tokenizer.pad_token_id
         prompts = [torch.tensor(ids) for ids in prompt_ids_list]
@@ -268,20 +264,19 @@ class EMTrainer(GRPOTrainer):
         completion_mask = pad([torch.ones_like(t) for t in completions], padding_value=0, **kwargs).to(device)
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        cache = self._em_cache
-        self._em_cache = None
-        if cache is not None and torch.equal(cache[0], input_ids) and torch.equal(cache[1], attention_mask):
-            return cache[2], cache[3], completion_mask
+        kept = self._rollout.take_forward(input_ids, attention_mask)
+        if kept is not None:
+            return kept.logps, kept.entropies, completion_mask
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            logps, entropies, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                input_ids,
-                attention_mask,
-                completion_ids.size(1),
-                batch_size=self.args.per_device_train_batch_size,
-                compute_entropy=True,
-            )
-        self._em_cache = None
+            with score_generated_positions_only():
+                logps, entropies, _ = super()._get_per_token_logps_and_entropies(
+                    self.model,
+                    input_ids,
+                    attention_mask,
+                    completion_ids.size(1),
+                    batch_size=self.args.per_device_train_batch_size,
+                    compute_entropy=True,
+                )
         return logps, entropies, completion_mask
 
     # ------------------------------------------------------------------------------------------------ loss
@@ -291,7 +286,7 @@ class EMTrainer(GRPOTrainer):
                 # Leave-one-out: r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean_j r_j).
                 group = self.num_generations
                 inputs = {**inputs, "advantages": inputs["advantages"] * group / (group - 1)}
-            with _score_generated_positions_only():
+            with score_generated_positions_only():
                 return super()._compute_loss(model, inputs)
         return self._entropy_loss(model, inputs)
 
@@ -303,7 +298,7 @@ class EMTrainer(GRPOTrainer):
         logits_to_keep = completion_ids.size(1)
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
 
-        with _score_generated_positions_only():
+        with score_generated_positions_only():
             per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
                 model,
                 input_ids,

@@ -1,0 +1,48 @@
+"""The ``em-trainer`` command: one module per verb (like ``trl/scripts/``), one error handler, a generated usage.
+
+Each verb module has ``HELP`` (one line), ``build_parser()`` and ``main(argv) -> int``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+VERBS = ("train", "select", "generate", "eval", "analyze", "sweep")
+
+
+def _verb(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def usage() -> str:
+    """The top-level usage, generated from the verbs' own help lines."""
+    lines = ["usage: em-trainer <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {_verb(name).HELP}" for name in VERBS]
+    lines += ["", "`em-trainer <command> --help` lists a command's options (snake_case, like TrlParser's; the dashed",
+              "spelling is accepted too). With no options, `em-trainer train` runs the paper's recipe on the embedded",
+              "default model (SmolLM2-135M-Instruct) and the paper's one-shot prompt."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in VERBS:
+        print(f"em-trainer: unknown command '{command}'.\n\n{usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+    from .common import USER_ERRORS
+
+    try:
+        return _verb(command).main(rest)
+    except USER_ERRORS as error:
+        print(f"em-trainer {command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["VERBS", "main", "usage"]

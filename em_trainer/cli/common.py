@@ -1,0 +1,97 @@
+"""What every verb shares: the errors that are the user's to fix, flag spelling, sampling and EM-INF flags."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..core.config import EMConfigError
+from ..data.models import ModelResolutionError
+from ..data.sources import DatasetError
+from ..decoding.em_inf import PRESETS, EMInfSettings
+from ..decoding.generation import SamplingSettings
+from ..evaluation.benchmarks import EvaluationError
+from ..evaluation.selection import SelectionError
+from ..workflows.em_then_grpo import PipelineConfigError
+from ..workflows.sweep import SweepError
+
+# Bad input, a missing file or package, an unreachable Hub: one line for the user, never a traceback. Our own error
+# classes subclass ValueError; ImportError covers a missing optional backend, OSError a path that cannot be used.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    EMConfigError,
+    DatasetError,
+    ModelResolutionError,
+    EvaluationError,
+    SelectionError,
+    PipelineConfigError,
+    SweepError,
+    ValueError,
+    ImportError,
+    OSError,
+)
+
+
+def verb_parser(verb: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"em-trainer {verb}", description=description)
+
+
+def flag(name: str) -> list[str]:
+    """``--snake_case`` (like TrlParser, for every verb) and the ``--dashed-form`` that earlier docs used."""
+    names = [f"--{name}"]
+    if "_" in name:
+        names.append(f"--{name.replace('_', '-')}")
+    return names
+
+
+def add(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
+    parser.add_argument(*flag(name), **kwargs)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, temperature_help: str, max_new_tokens: int) -> None:
+    """The six flags that build a SamplingSettings: temperature, top_p, top_k, n, max_new_tokens, seed."""
+    add(parser, "temperature", type=float, help=temperature_help)
+    add(parser, "top_p", type=float, default=1.0, help="nucleus sampling mass")
+    add(parser, "top_k", type=int, default=0, help="0 = no top-k cut")
+    add(parser, "n", type=int, default=1, help="samples per prompt")
+    add(parser, "max_new_tokens", type=int, default=max_new_tokens, help="response budget in tokens")
+    add(parser, "seed", type=int, default=0)
+
+
+def sampling_settings(args: argparse.Namespace, temperature: float) -> SamplingSettings:
+    """The SamplingSettings of the sampling flags, at ``temperature`` (a verb may sweep or default it)."""
+    return SamplingSettings(
+        temperature=temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    add(parser, "backend", choices=["auto", "hf", "vllm"], default="auto", help="auto: vLLM on a GPU when installed")
+
+
+def add_em_inf_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("EM-INF (entropy minimization at decoding time)")
+    add(group, "em_inf", action="store_true", help="minimise each step's entropy before sampling")
+    group.add_argument(*flag("em_inf_preset"), "--preset", default="default", choices=list(PRESETS))
+    add(group, "em_inf_threshold", type=float, help="override the preset's entropy threshold")
+    add(group, "em_inf_kl_weight", type=float)
+    add(group, "em_inf_lr", type=float)
+    add(group, "em_inf_steps", type=int)
+
+
+def em_inf_settings(args: argparse.Namespace) -> EMInfSettings | None:
+    """The EM-INF settings the flags ask for (the preset with explicit overrides), or None without --em_inf."""
+    if not args.em_inf:
+        return None
+    overrides = {
+        "threshold": args.em_inf_threshold,
+        "kl_weight": args.em_inf_kl_weight,
+        "lr": args.em_inf_lr,
+        "n_steps": args.em_inf_steps,
+    }
+    preset = PRESETS[args.em_inf_preset]
+    return EMInfSettings(**{**preset.__dict__, **{k: v for k, v in overrides.items() if v is not None}})

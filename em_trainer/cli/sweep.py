@@ -1,0 +1,67 @@
+"""``em-trainer sweep``: train once per seed and grid point, evaluate each run, aggregate over seeds, plot."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .common import add, verb_parser
+
+HELP = "train over seeds and a grid, evaluate each run, aggregate mean/std/min/max, plot"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = verb_parser(
+        "sweep",
+        "Train once per seed and grid point (each run its own process), evaluate, aggregate over seeds. "
+        "Options not listed here are passed to every `em-trainer train` run.",
+    )
+    add(parser, "config", required=True, help="the em-trainer train YAML every run starts from")
+    add(parser, "seeds", type=int, default=16)
+    add(parser, "first_seed", type=int, default=0)
+    add(parser, "grid", action="append", default=[], help="field=v1,v2,... (repeat for a product)")
+    add(parser, "eval", default="", help="benchmarks to score each run on, e.g. math500,amc23")
+    add(parser, "eval_checkpoints", action="store_true", help="also score every step checkpoint (Fig. 2)")
+    add(parser, "save_steps", type=int, default=1, help="checkpoint spacing with --eval_checkpoints")
+    add(parser, "data_dir")
+    add(parser, "limit", type=int)
+    add(parser, "max_new_tokens", type=int, default=3072)
+    add(parser, "eval_temperature", type=float, default=0.0)
+    add(parser, "batch_size", type=int, default=8)
+    add(parser, "output_dir", default="outputs/sweep")
+    add(
+        parser,
+        "launcher",
+        help="prefix that runs `-m em_trainer.cli train`, e.g. 'accelerate launch --num_processes 8'",
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    from ..workflows.sweep import parse_grid, run_sweep, summary_table
+
+    args, extra = build_parser().parse_known_args(argv)
+    summary = run_sweep(
+        args.config,
+        args.output_dir,
+        args.seeds,
+        parse_grid(args.grid),
+        [b for b in args.eval.split(",") if b],
+        {
+            "data_dir": args.data_dir,
+            "limit": args.limit,
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": args.eval_temperature,
+            "batch_size": args.batch_size,
+        },
+        eval_checkpoints=args.eval_checkpoints,
+        save_steps=args.save_steps,
+        extra_train_args=extra,
+        first_seed=args.first_seed,
+        launcher=args.launcher,
+    )
+    print(summary_table(summary["aggregate"]))
+    for plot in summary["plots"]:
+        print(f"[em-trainer] plot: {plot}")
+    print(f"[em-trainer] sweep results in {os.path.abspath(args.output_dir)}/sweep_summary.json")
+    return 0

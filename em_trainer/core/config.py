@@ -1,0 +1,312 @@
+"""EMConfig: the configuration of entropy-minimization fine-tuning, as a subclass of TRL's GRPOConfig."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import GRPOConfig
+
+PAPER_RESPONSES_PER_STEP = 64
+
+
+def _documented(doc: str | None, name: str, default: Any) -> Any:
+    """A dataclass field whose ``help`` is its entry in the class docstring, so the two never drift apart."""
+    if doc is None:  # python -OO strips docstrings; the fields still work, without help texts
+        return field(default=default)
+    match = re.search(rf"^ {{8}}{name} \(`[^\n]*\):\n((?: {{12}}.*\n)+)", doc, re.M)
+    if match is None:
+        raise RuntimeError(f"EMConfig field '{name}' has no entry in the docstring.")
+    return field(default=default, metadata={"help": " ".join(match.group(1).split())})
+
+
+class EMConfigError(ValueError):
+    """An EMConfig setting that cannot work; the message names the field, the value and the fix."""
+
+
+@dataclass
+class EMConfig(GRPOConfig):
+    r"""
+    Configuration of [`EMTrainer`]: one-shot entropy minimization (EM-FT, Gao et al. 2025), and EM-RL.
+
+    Every field of TRL's `GRPOConfig` (and so of `transformers.TrainingArguments`) is available. The defaults listed
+    below differ from GRPOConfig's and reproduce the paper's recipe: sample 64 responses of one prompt at temperature
+    0.5, minimise their mean token entropy at that temperature with a constant learning rate of 2e-5 for 10 optimizer
+    steps, responses of up to 2048 tokens, no KL term and one gradient step per generation.
+
+    One optimizer step consumes `per_device_train_batch_size * num_processes * gradient_accumulation_steps`
+    responses. Leave `gradient_accumulation_steps` unset and it is derived from `responses_per_step`: on one device
+    with the default `per_device_train_batch_size=8`, 64 responses are 8 micro-batches of 8; on 8 GPUs, one
+    micro-batch of 8 per GPU. Generation covers one optimizer step at a time, so every step trains on fresh samples
+    of the current policy.
+
+    Refused settings, each with a message that says why and what to set instead: `use_adaptive_entropy=True` (its
+    controller clamps the entropy coefficient to [0, 1], a bonus, the opposite of minimisation); a non-zero
+    `entropy_coef` (GRPO's entropy bonus; the EM loss is already the entropy); `vllm_importance_sampling_correction`
+    with `objective="entropy_loss"`; `temperature <= 0`; `entropy_temperature <= 0`; `max_steps` of 0 or below -1;
+    an unknown `objective`, `em_reward`, `em_reward_reduction` or `em_advantage`; `em_advantage="rloo"` without
+    `scale_rewards="none"`; early-stopping steps or patience below 1; and batch shapes whose numbers do not divide.
+
+    The paper's EM-RL settings are `EMConfig.em_rl_paper_defaults()`: 4 samples per prompt, lr 1e-6, KL 0.001,
+    sampling temperature 1.0.
+
+    Parameters:
+        > One-shot EM (EM-FT): what is minimised, and over how many responses
+
+        objective (`str`, *optional*, defaults to `"entropy_loss"`):
+            'entropy_loss': EM-FT, the loss is the mean token entropy over the generated positions (one-shot EM).
+            'neg_entropy_reward': EM-RL, GRPO whose only reward is the negative entropy (see em_reward).
+        responses_per_step (`int` or `None`, *optional*, defaults to `None`):
+            Sampled responses per optimizer step, over all devices; None means 64, the paper's. It sets
+            gradient_accumulation_steps when that is unset (when both are set they must agree); if it is smaller than
+            per_device_train_batch_size x processes, the per-device batch is reduced to fit.
+        num_generations (`int` or `None`, *optional*, defaults to `None`):
+            Responses sampled per prompt; None means responses_per_step, so all responses of a step continue one
+            prompt, as in one-shot EM, and a one-prompt dataset just works. With a prompt pool, e.g. 8 trains on
+            responses_per_step / 8 prompts per step; the dataset then needs at least that many rows.
+        entropy_temperature (`float` or `None`, *optional*, defaults to `None`):
+            Temperature T of the distribution softmax(logits / T) whose entropy is minimised; None means the sampling
+            temperature, as in the paper. The KL term, when beta > 0, is computed at the same temperature.
+
+        > The paper's recipe: GRPOConfig fields whose defaults EMConfig changes
+
+        learning_rate (`float`, *optional*, defaults to `2e-5`):
+            Learning rate; the paper's 2e-5, held constant.
+        lr_scheduler_type (`str`, *optional*, defaults to `"constant"`):
+            Learning-rate schedule; the paper's is constant, without warmup.
+        max_steps (`int`, *optional*, defaults to `10`):
+            Optimizer steps. The paper's score peaks near step 10 and then declines while the loss keeps falling, so
+            more steps is not better.
+        temperature (`float`, *optional*, defaults to `0.5`):
+            Sampling temperature, the paper's; it must be > 0 because EM samples. Lower values give less diverse
+            responses (the paper sweeps 0.3 to 1.0).
+        max_completion_length (`int` or `None`, *optional*, defaults to `2048`):
+            Longest sampled response in tokens, the paper's. A response cut at this length keeps all its positions in
+            the loss.
+        gradient_accumulation_steps (`int` or `None`, *optional*, defaults to `None`):
+            Micro-batches per optimizer step; None derives it from responses_per_step, per_device_train_batch_size and
+            the number of processes.
+        beta (`float`, *optional*, defaults to `0.0`):
+            Weight of the KL term to a frozen reference model (TRL's k3 estimator, added per token to the entropy). The
+            paper uses none, so no reference model is loaded.
+        num_iterations (`int`, *optional*, defaults to `1`):
+            Gradient steps per generation batch. EM needs one: its gradient is exact for the sampled responses, with no
+            importance ratio.
+        vllm_importance_sampling_correction (`bool`, *optional*, defaults to `False`):
+            TRL's correction for the mismatch between vLLM's sampler and the trained model. It costs a forward pass per
+            batch; with objective='entropy_loss' it is refused, because the entropy loss has no policy ratio to
+            correct. EM-RL may turn it on.
+        logging_steps (`float`, *optional*, defaults to `1`):
+            Log every N optimizer steps; a run has only 10.
+        save_steps (`float`, *optional*, defaults to `5`):
+            Checkpoint every N optimizer steps, so an interrupted run resumes from its last checkpoint.
+        bf16 (`bool` or `None`, *optional*, defaults to `None`):
+            bf16 mixed precision. None means on a GPU that supports bf16, float32 elsewhere (CPU autocast to bf16 is
+            slow and imprecise).
+
+        > EM-RL (objective='neg_entropy_reward'): TRL's GRPO loss with a reward from the model's own distribution
+
+        em_reward (`str`, *optional*, defaults to `"token"`):
+            'trajectory': the mean log-probability of the sampled tokens, a one-sample estimate of minus the trajectory
+            entropy per token; 'token': minus the mean full-vocabulary entropy over the generated positions. Both at
+            entropy_temperature.
+        em_reward_reduction (`str`, *optional*, defaults to `"mean"`):
+            'mean' over a response's tokens (the authors' code) or 'sum' (the paper's formulas, which favour longer
+            confident responses).
+        em_reward_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the EM reward when reward_funcs are passed too; theirs come from reward_weights (one per
+            function), and the total reward is the weighted sum.
+        em_advantage (`str`, *optional*, defaults to `"grpo"`):
+            'grpo': TRL's group-mean baseline; 'rloo': the leave-one-out baseline, which needs scale_rewards='none' and
+            is then the group-mean advantage times G/(G-1).
+
+        > Early stopping and collapse guard (the paper's stated future work), all off by default
+
+        early_stopping_dev_set (`str` or `None`, *optional*, defaults to `None`):
+            A labeled dev set (a benchmark name such as 'arithmetic' or 'math500', or a file with problem and answer
+            columns) scored greedily every early_stopping_eval_steps; the best weights are kept in <output_dir>/best
+            and restored at the end. `em-trainer train` builds the scorer; in Python pass
+            dev_set_scorer=build_dev_set_scorer(args, tokenizer) to EMTrainer.
+        early_stopping_data_dir (`str` or `None`, *optional*, defaults to `None`):
+            Folder of local benchmark files for early_stopping_dev_set (the layout of `em-trainer eval --data_dir`).
+        early_stopping_eval_steps (`int`, *optional*, defaults to `5`):
+            Score the dev set every N optimizer steps; must be >= 1.
+        early_stopping_patience (`int`, *optional*, defaults to `2`):
+            Stop after N dev-set evaluations without improvement; must be >= 1.
+        early_stopping_limit (`int` or `None`, *optional*, defaults to `None`):
+            Score only the first N rows of the dev set; None scores all.
+        early_stopping_max_new_tokens (`int`, *optional*, defaults to `512`):
+            Response budget in tokens of each dev-set answer.
+        entropy_floor (`float` or `None`, *optional*, defaults to `None`):
+            Label-free guard: stop when a step's mean entropy falls below this value (nats).
+        collapse_min_length (`float` or `None`, *optional*, defaults to `None`):
+            Label-free guard: stop when the mean completion length falls below this many tokens.
+        collapse_max_repetition (`float` or `None`, *optional*, defaults to `None`):
+            Label-free guard: stop when the completions' share of repeated word 4-grams rises above this value.
+    """
+
+    # One-shot EM (EM-FT): what is minimised, and over how many responses
+    objective: str = _documented(__doc__, "objective", "entropy_loss")
+    responses_per_step: int | None = _documented(__doc__, "responses_per_step", None)
+    num_generations: int | None = _documented(__doc__, "num_generations", None)
+    entropy_temperature: float | None = _documented(__doc__, "entropy_temperature", None)
+
+    # The paper's recipe: GRPOConfig fields whose defaults EMConfig changes
+    learning_rate: float = _documented(__doc__, "learning_rate", 2e-5)
+    lr_scheduler_type: str = _documented(__doc__, "lr_scheduler_type", "constant")
+    max_steps: int = _documented(__doc__, "max_steps", 10)
+    temperature: float = _documented(__doc__, "temperature", 0.5)
+    max_completion_length: int | None = _documented(__doc__, "max_completion_length", 2048)
+    gradient_accumulation_steps: int | None = _documented(__doc__, "gradient_accumulation_steps", None)
+    beta: float = _documented(__doc__, "beta", 0.0)
+    num_iterations: int = _documented(__doc__, "num_iterations", 1)
+    vllm_importance_sampling_correction: bool = _documented(__doc__, "vllm_importance_sampling_correction", False)
+    logging_steps: float = _documented(__doc__, "logging_steps", 1)
+    save_steps: float = _documented(__doc__, "save_steps", 5)
+    bf16: bool | None = _documented(__doc__, "bf16", None)
+
+    # EM-RL (objective='neg_entropy_reward'): TRL's GRPO loss with a reward from the model's own distribution
+    em_reward: str = _documented(__doc__, "em_reward", "token")
+    em_reward_reduction: str = _documented(__doc__, "em_reward_reduction", "mean")
+    em_reward_weight: float = _documented(__doc__, "em_reward_weight", 1.0)
+    em_advantage: str = _documented(__doc__, "em_advantage", "grpo")
+
+    # Early stopping and collapse guard (the paper's stated future work), all off by default
+    early_stopping_dev_set: str | None = _documented(__doc__, "early_stopping_dev_set", None)
+    early_stopping_data_dir: str | None = _documented(__doc__, "early_stopping_data_dir", None)
+    early_stopping_eval_steps: int = _documented(__doc__, "early_stopping_eval_steps", 5)
+    early_stopping_patience: int = _documented(__doc__, "early_stopping_patience", 2)
+    early_stopping_limit: int | None = _documented(__doc__, "early_stopping_limit", None)
+    early_stopping_max_new_tokens: int = _documented(__doc__, "early_stopping_max_new_tokens", 512)
+    entropy_floor: float | None = _documented(__doc__, "entropy_floor", None)
+    collapse_min_length: float | None = _documented(__doc__, "collapse_min_length", None)
+    collapse_max_repetition: float | None = _documented(__doc__, "collapse_max_repetition", None)
+
+    def __post_init__(self) -> None:
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ
+        if launched and not torch.cuda.is_available() and not self.use_cpu:
+            # Without a GPU, accelerate treats torchrun's processes as independent single runs unless told to use
+            # the CPU backend (gloo); EM must then see the real world size for its batch shape and normalisation.
+            self.use_cpu = True
+        if self.bf16 is None:
+            self.bf16 = (not self.fp16) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        self._resolve_batch_shape()
+        try:
+            super().__post_init__()
+        except ValueError:
+            # A batch shape derived for the wrong number of processes makes GRPOConfig fail first; say why.
+            self._check_world_size()
+            raise
+        self._check_world_size()
+        self._validate()
+
+    def _resolve_batch_shape(self) -> None:
+        # TrainingArguments has not set up the distributed state yet; every launcher (accelerate, torchrun,
+        # deepspeed) exports WORLD_SIZE, and the value is checked against the real one after set-up.
+        self._assumed_world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        world = self._assumed_world_size
+        if self.gradient_accumulation_steps is None:
+            responses = self.responses_per_step or PAPER_RESPONSES_PER_STEP
+            if responses < 1:
+                raise EMConfigError(f"responses_per_step must be >= 1, got {responses}.")
+            if responses < self.per_device_train_batch_size * world and responses % world == 0:
+                self.per_device_train_batch_size = responses // world
+            per_step = self.per_device_train_batch_size * world
+            if responses % per_step != 0:
+                raise EMConfigError(
+                    f"responses_per_step={responses} is not a multiple of per_device_train_batch_size "
+                    f"({self.per_device_train_batch_size}) x processes ({world}) = {per_step}. Pick a "
+                    "per_device_train_batch_size that divides it, or set gradient_accumulation_steps yourself."
+                )
+            self.gradient_accumulation_steps = responses // per_step
+        else:
+            per_step = self.per_device_train_batch_size * world * self.gradient_accumulation_steps
+            if self.responses_per_step is not None and self.responses_per_step != per_step:
+                raise EMConfigError(
+                    f"responses_per_step={self.responses_per_step} disagrees with per_device_train_batch_size "
+                    f"({self.per_device_train_batch_size}) x processes ({world}) x gradient_accumulation_steps "
+                    f"({self.gradient_accumulation_steps}) = {per_step}. Set only one of responses_per_step and "
+                    "gradient_accumulation_steps."
+                )
+        self.responses_per_step = self.per_device_train_batch_size * world * self.gradient_accumulation_steps
+        if self.num_generations is None:
+            self.num_generations = self.responses_per_step
+        if self.responses_per_step % self.num_generations != 0:
+            raise EMConfigError(
+                f"num_generations={self.num_generations} must divide the {self.responses_per_step} responses per "
+                "optimizer step, so that each step holds whole groups of responses to the same prompt."
+            )
+
+    def _check_world_size(self) -> None:
+        if self.world_size != self._assumed_world_size:
+            raise EMConfigError(
+                f"The batch shape was derived for {self._assumed_world_size} process(es) (the WORLD_SIZE environment "
+                f"variable) but training runs on {self.world_size}. Launch with accelerate or torchrun, which set "
+                "WORLD_SIZE, or set gradient_accumulation_steps explicitly."
+            )
+
+    def _validate(self) -> None:
+        if self.use_adaptive_entropy:
+            raise EMConfigError(
+                "use_adaptive_entropy=True is incompatible with entropy minimization: TRL's adaptive controller "
+                "clamps the entropy coefficient to [0, 1], i.e. it can only add an entropy bonus. EMTrainer already "
+                "minimises the entropy; set use_adaptive_entropy=False."
+            )
+        if self.entropy_coef != 0.0:
+            raise EMConfigError(
+                f"entropy_coef={self.entropy_coef}: GRPO's entropy bonus does not apply to EMTrainer, whose loss "
+                "is the entropy itself. Set entropy_coef=0 (to weight the loss, change learning_rate)."
+            )
+        if self.objective not in ("entropy_loss", "neg_entropy_reward"):
+            raise EMConfigError(
+                f"objective='{self.objective}': use 'entropy_loss' (EM-FT) or 'neg_entropy_reward' (EM-RL)."
+            )
+        if self.em_reward not in ("trajectory", "token"):
+            raise EMConfigError(f"em_reward='{self.em_reward}': use 'trajectory' or 'token'.")
+        if self.em_reward_reduction not in ("mean", "sum"):
+            raise EMConfigError(f"em_reward_reduction='{self.em_reward_reduction}': use 'mean' or 'sum'.")
+        if self.em_advantage not in ("grpo", "rloo"):
+            raise EMConfigError(f"em_advantage='{self.em_advantage}': use 'grpo' or 'rloo'.")
+        if self.em_advantage == "rloo" and self.scale_rewards != "none":
+            raise EMConfigError(
+                "em_advantage='rloo' is the leave-one-out baseline without reward scaling; set scale_rewards='none'."
+            )
+        if self.vllm_importance_sampling_correction and self.objective == "entropy_loss":
+            raise EMConfigError(
+                "vllm_importance_sampling_correction=True is not needed for EM: the entropy loss has no policy ratio "
+                "to correct, and the correction costs a forward pass per batch. Set "
+                "vllm_importance_sampling_correction=False."
+            )
+        if self.early_stopping_eval_steps < 1 or self.early_stopping_patience < 1:
+            raise EMConfigError("early_stopping_eval_steps and early_stopping_patience must be >= 1.")
+        if self.entropy_temperature is not None and self.entropy_temperature <= 0:
+            raise EMConfigError(f"entropy_temperature must be > 0, got {self.entropy_temperature}.")
+        if self.temperature <= 0:
+            raise EMConfigError(
+                f"temperature={self.temperature}: EM samples responses, so the temperature must be > 0 (paper: 0.5)."
+            )
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise EMConfigError(f"max_steps={self.max_steps}: set a positive number of optimizer steps (paper: 10).")
+
+    @classmethod
+    def em_rl_paper_defaults(cls, **overrides) -> EMConfig:
+        """EM-RL as in Agarwal et al.: 4 samples per prompt, lr 1e-6, KL 0.001, sampling temperature 1.0."""
+        values = dict(
+            objective="neg_entropy_reward",
+            num_generations=4,
+            learning_rate=1e-6,
+            beta=0.001,
+            temperature=1.0,
+            max_steps=-1,
+            num_train_epochs=1,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Distinct prompts each generation batch draws from the dataset."""
+        return self.generation_batch_size // self.num_generations

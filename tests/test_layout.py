@@ -1,0 +1,83 @@
+"""The package's architecture: one-way imports, old import paths, a generated usage, EMConfig's documentation."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from em_trainer import EMConfig
+from em_trainer.cli import VERBS, main, usage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_contract_holds():
+    lint = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    result = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
+
+
+def test_old_flat_import_paths_still_work():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from em_trainer.generation import SamplingSettings
+        from em_trainer.inference import EntropyMinimizingLogitsProcessor
+        from em_trainer.models import resolve_model
+        from em_trainer.pipeline import run_em_then_grpo
+    from em_trainer.data.models import resolve_model as new_resolve
+    from em_trainer.decoding.em_inf import EntropyMinimizingLogitsProcessor as new_processor
+
+    assert resolve_model is new_resolve and EntropyMinimizingLogitsProcessor is new_processor
+    assert SamplingSettings and run_em_then_grpo
+    assert any("moved to em_trainer.data.models" in str(w.message) for w in caught)
+
+
+def test_usage_is_generated_from_every_verb(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out == usage() + "\n"
+    for verb in VERBS:
+        assert re.search(rf"^  {verb}\s+\S", out, re.M), verb
+
+
+@pytest.mark.parametrize("spelling", ["--max_new_tokens", "--max-new-tokens"])
+def test_flags_are_snake_case_with_the_dashed_spelling_accepted(spelling):
+    from em_trainer.cli import eval as eval_verb
+
+    args = eval_verb.build_parser().parse_args([spelling, "7", "--output_dir", "x", "--data-dir", "y"])
+    assert args.max_new_tokens == 7 and args.output_dir == "x" and args.data_dir == "y"
+
+
+def _docstring_entries(doc: str) -> dict[str, str]:
+    entries, name = {}, None
+    for line in doc.splitlines():
+        match = re.match(r"^ {8}(\w+) \(`.*`, \*optional\*, defaults to `.*`\):$", line)
+        if match:
+            name = match.group(1)
+            entries[name] = ""
+        elif name and line.startswith(" " * 12):
+            entries[name] += " " + line.strip()
+        else:
+            name = None
+    return {k: " ".join(v.split()) for k, v in entries.items()}
+
+
+def test_every_emconfig_field_is_documented_once_with_its_help():
+    documented = _docstring_entries(EMConfig.__doc__)
+    own = [f for f in dataclasses.fields(EMConfig) if f.name in EMConfig.__annotations__]
+    assert own, "EMConfig declares fields"
+    for f in own:
+        assert f.name in documented, f"{f.name} has no docstring entry"
+        assert " ".join(f.metadata["help"].split()) == documented[f.name], f"{f.name}: help != docstring"
+        stated = re.search(rf"^ {{8}}{f.name} \(`[^\n]*defaults to `(.*)`\):$", EMConfig.__doc__, re.M).group(1)
+        assert ast.literal_eval(stated) == f.default, f"{f.name}: docstring default {stated} != {f.default!r}"
+    assert " s per step" not in EMConfig.__doc__ and "step_time" not in EMConfig.__doc__  # no timings
