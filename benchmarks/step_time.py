@@ -29,7 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 VARIANTS = {
-    "a": "EMTrainer (default, activation checkpointing on)",
+    "a": "EMTrainer (default: shared-prompt forward, activation checkpointing on)",
+    "a-plain": "EMTrainer, shared_prompt_forward=False (prompt + completion per response)",
     "a-nockpt": "EMTrainer, gradient_checkpointing=False",
     "b": "official-style loop (generate without KV cache + full logits)",
     "c": "TRL GRPOTrainer as EM (zero reward, entropy_coef=-1)",
@@ -51,13 +52,20 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def step_flops(model, prompt_len: int, responses: int, completion_len: int, checkpointing: bool) -> float:
-    """Matmul FLOPs of one step: generation with a KV cache, plus forward/backward of the training pass."""
+def step_flops(
+    model, prompt_len: int, responses: int, completion_len: int, checkpointing: bool, shared: bool = False
+) -> float:
+    """Matmul FLOPs of one step: generation with a KV cache, plus forward/backward of the training pass.
+
+    With the shared-prompt forward the training pass computes the prompt once (without checkpointing).
+    """
     total = sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings().weight.numel()
     body = total - head if model.config.tie_word_embeddings else total - 2 * head
     generation = 2 * body * responses * (prompt_len + completion_len) + 2 * head * responses * completion_len
     train_tokens = responses * (prompt_len + completion_len)
+    if shared:
+        train_tokens, checkpointing = prompt_len + responses * (1 + completion_len), False
     forward = 2 * body * train_tokens + 2 * head * responses * completion_len
     passes = 4 if checkpointing else 3  # forward + backward (2x), plus a recomputed forward when checkpointing
     return generation + forward * passes
@@ -101,8 +109,13 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
             times.append(time.perf_counter() - self.start)
 
     # Generation happens inside the first micro-batch of a step (after on_step_begin), so it is timed.
-    if variant in ("a", "a-nockpt"):
-        args = EMConfig(responses_per_step=responses, gradient_checkpointing=(variant == "a"), **common)
+    if variant in ("a", "a-nockpt", "a-plain"):
+        args = EMConfig(
+            responses_per_step=responses,
+            gradient_checkpointing=(variant != "a-nockpt"),
+            shared_prompt_forward=(variant != "a-plain"),
+            **common,
+        )
         trainer = EMTrainer(
             model_dir, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()]
         )
@@ -169,7 +182,8 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
     peak = rss_mib()
     measured = times[1:] if len(times) > 1 else times  # the first step pays one-off warm-up costs
     seconds = statistics.median(measured)
-    flops = step_flops(model, prompt_len, responses, completion_len, checkpointing)
+    shared = variant == "a" and getattr(trainer, "_shared_prompt_state", None) == "ok"
+    flops = step_flops(model, prompt_len, responses, completion_len, checkpointing, shared)
     return {
         "variant": variant,
         "description": VARIANTS[variant],
@@ -185,7 +199,7 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="a,a-nockpt,b,c")
+    parser.add_argument("--variants", default="a,a-plain,c")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per variant; the first is not timed")
     parser.add_argument("--steps-b", type=int, default=2, help="steps of the slow official-style loop")
     parser.add_argument("--responses", type=int, default=8)

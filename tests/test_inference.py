@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -113,41 +110,3 @@ def test_generate_with_em_inf_on_a_batch(tiny_model_dir, tokenizer):
         )
         assert out.shape == (2, encoded["input_ids"].shape[1] + 6) or out.shape[1] <= encoded["input_ids"].shape[1] + 6
         assert processor.last_steps is not None and processor.last_steps.shape == (2,)
-
-
-def test_vllm_adapter_tracks_requests(monkeypatch):
-    """The vLLM adapter against a stand-in of vLLM's V1 logits-processor interface (vLLM needs a GPU)."""
-    from dataclasses import dataclass
-
-    class FakeBase:
-        pass
-
-    @dataclass
-    class FakeBatchUpdate:
-        batch_size: int
-        removed: list
-        added: list
-        moved: list
-
-    module = types.ModuleType("vllm.v1.sample.logits_processor")
-    module.LogitsProcessor, module.BatchUpdate = FakeBase, FakeBatchUpdate
-    for name in ("vllm", "vllm.v1", "vllm.v1.sample"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "vllm.v1.sample.logits_processor", module)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
-
-    from em_trainer.decoding.em_inf import make_vllm_logits_processor
-
-    cls = make_vllm_logits_processor("default")
-    processor = cls(None, torch.device("cpu"), False)
-    on = types.SimpleNamespace(extra_args={"em_inf": True})
-    off = types.SimpleNamespace(extra_args=None)
-    processor.update_state(FakeBatchUpdate(2, [], [(0, on, None, []), (1, off, None, [])], []))
-    logits = batch(5)[:2].float()
-    out = processor.apply(logits.clone())
-    torch.testing.assert_close(out[0], entropy_minimize_logits(logits[:1])[0][0])
-    assert torch.equal(out[1], logits[1])
-    processor.update_state(FakeBatchUpdate(2, [], [], [(0, 1, "UNIDIRECTIONAL")]))
-    assert list(processor.rows) == [1]
-    with pytest.raises(ValueError):
-        cls.validate_params(types.SimpleNamespace(extra_args={"em_inf": "yes"}))

@@ -47,30 +47,51 @@ def add(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None
     parser.add_argument(*flag(name), **kwargs)
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, temperature_help: str, max_new_tokens: int) -> None:
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser, temperature_help: str, max_new_tokens: int | None, max_new_tokens_help: str = ""
+) -> None:
     """The six flags that build a SamplingSettings: temperature, top_p, top_k, n, max_new_tokens, seed."""
     add(parser, "temperature", type=float, help=temperature_help)
     add(parser, "top_p", type=float, default=1.0, help="nucleus sampling mass")
     add(parser, "top_k", type=int, default=0, help="0 = no top-k cut")
     add(parser, "n", type=int, default=1, help="samples per prompt")
-    add(parser, "max_new_tokens", type=int, default=max_new_tokens, help="response budget in tokens")
+    add(parser, "max_new_tokens", type=int, default=max_new_tokens, help=max_new_tokens_help or "response budget")
     add(parser, "seed", type=int, default=0)
 
 
-def sampling_settings(args: argparse.Namespace, temperature: float) -> SamplingSettings:
+def sampling_settings(
+    args: argparse.Namespace, temperature: float, default_max_new_tokens: int | None = None
+) -> SamplingSettings:
     """The SamplingSettings of the sampling flags, at ``temperature`` (a verb may sweep or default it)."""
     return SamplingSettings(
         temperature=temperature,
         top_p=args.top_p,
         top_k=args.top_k,
         n=args.n,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None else default_max_new_tokens,
         seed=args.seed,
     )
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     add(parser, "backend", choices=["auto", "hf", "vllm"], default="auto", help="auto: vLLM on a GPU when installed")
+    add(
+        parser,
+        "dtype",
+        default="auto",
+        help="weights' dtype for either backend: auto (the checkpoint's), float32, ...",
+    )
+    add(parser, "vllm_max_model_len", type=int, default=4096, help="vLLM context length (prompt + response)")
+
+
+def generator_kwargs(args: argparse.Namespace, batch_size: int | None = None) -> dict[str, Any]:
+    """What the backend flags ask of ``make_generator``: HF's dtype and batch size, vLLM's engine settings."""
+    kwargs: dict[str, Any] = {"vllm_kwargs": {"dtype": args.dtype, "max_model_len": args.vllm_max_model_len}}
+    if args.dtype != "auto":
+        kwargs["dtype"] = args.dtype
+    if batch_size is not None:
+        kwargs["batch_size"] = batch_size
+    return kwargs
 
 
 def add_em_inf_arguments(parser: argparse.ArgumentParser) -> None:

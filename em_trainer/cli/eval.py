@@ -10,7 +10,8 @@ from ..evaluation.benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS
 from . import common
 from .common import add, verb_parser
 
-HELP = "score models on math benchmarks (MATH500, Minerva, OlympiadBench, AMC23, AIME24, GSM8K, arithmetic)"
+DEFAULT_MAX_NEW_TOKENS = {"math": 3072, "code": 512}
+HELP = "score models on math (MATH500, Minerva, OlympiadBench, AMC23, AIME24, GSM8K, arithmetic) and code benchmarks"
 
 
 def _floats(text: str) -> list[float]:
@@ -24,13 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     add(parser, "data_dir", help="local benchmark files: <dir>/<benchmark>/test.jsonl (default: the Hub)")
     add(parser, "output_dir", default="outputs/eval")
     common.add_sampling_arguments(
-        parser, "0 = greedy (the paper's setting; the default, or the EM-INF preset's)", 3072
+        parser,
+        "0 = greedy (the paper's setting; the default, or the EM-INF preset's)",
+        None,
+        "response budget in tokens; default 3072 for math, 512 for code benchmarks",
     )
     add(parser, "temperatures", type=_floats, help="comma list: a sweep, plotted to temperature_sweep.png")
     add(parser, "limit", type=int, help="first N problems of each benchmark")
     add(parser, "batch_size", type=int, default=8, help="prompts per generate call (HF backend)")
     common.add_backend_argument(parser)
     add(parser, "system_prompt", default=MATH_SYSTEM_PROMPT, help="'' for none")
+    add(
+        parser, "majority", type=int, help="self-consistency: K samples per problem, score the majority answer (maj@K)"
+    )
     common.add_em_inf_arguments(parser)
     return parser
 
@@ -48,12 +55,22 @@ def main(argv: list[str]) -> int:
         raise EvaluationError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     for benchmark in benchmarks:  # fail on a missing benchmark before loading any model
         load_benchmark(benchmark, args.data_dir, limit=1)
+    if args.majority is not None:
+        if args.majority < 2:
+            raise EvaluationError(f"--majority {args.majority}: a majority vote needs at least 2 samples per problem.")
+        args.n = args.majority
+        if not (args.temperature or args.temperatures):
+            raise EvaluationError(
+                "--majority samples K answers: set --temperature > 0 (e.g. 0.7); greedy repeats one."
+            )
     em_inf = common.em_inf_settings(args)
     default_temperature = em_inf.temperature if em_inf is not None and em_inf.temperature is not None else 0.0
     temperatures = args.temperatures or [default_temperature if args.temperature is None else args.temperature]
     results = []
     for model in models:
-        generator = make_generator(model, backend=args.backend, batch_size=args.batch_size, em_inf=em_inf)
+        generator = make_generator(
+            model, backend=args.backend, em_inf=em_inf, **common.generator_kwargs(args, args.batch_size)
+        )
         label = f"{model}+em-inf-{args.em_inf_preset}" if args.em_inf else model
         for temperature in temperatures:
             for benchmark in benchmarks:
@@ -64,7 +81,9 @@ def main(argv: list[str]) -> int:
                         label,
                         benchmark,
                         args.output_dir,
-                        common.sampling_settings(args, temperature),
+                        common.sampling_settings(
+                            args, temperature, DEFAULT_MAX_NEW_TOKENS[BENCHMARKS[benchmark].kind]
+                        ),
                         data_dir=args.data_dir,
                         limit=args.limit,
                         system_prompt=args.system_prompt or None,

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     if temperature is None:
         temperature = em_inf.temperature if em_inf is not None and em_inf.temperature is not None else 0.0
     settings = common.sampling_settings(args, temperature)
-    generator = make_generator(args.model, backend=args.backend, em_inf=em_inf)
+    generator = make_generator(args.model, backend=args.backend, em_inf=em_inf, **common.generator_kwargs(args))
     prompts = [p if args.raw else render_chat(generator.tokenizer, p, args.system_prompt) for p in args.prompt]
     outputs = generator.generate(prompts, settings)
     mode = f"EM-INF ({args.em_inf_preset})" if args.em_inf else "plain decoding"

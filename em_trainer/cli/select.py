@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.models import DEFAULT_MODEL
-from .common import add, add_backend_argument, verb_parser
+from .common import add, add_backend_argument, generator_kwargs, verb_parser
 
 HELP = "rank a prompt pool by pass@k variance and write the one-shot training set"
 
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
 
     args = build_parser().parse_args(argv)
     rows = load_pool(args.pool, args.split, args.limit)
-    generator = make_generator(args.model, backend=args.backend, batch_size=args.batch_size)
+    generator = make_generator(args.model, backend=args.backend, **generator_kwargs(args, args.batch_size))
     result = select_prompts(
         generator,
         generator.tokenizer,

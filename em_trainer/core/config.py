@@ -67,6 +67,11 @@ class EMConfig(GRPOConfig):
             Responses sampled per prompt; None means responses_per_step, so all responses of a step continue one
             prompt, as in one-shot EM, and a one-prompt dataset just works. With a prompt pool, e.g. 8 trains on
             responses_per_step / 8 prompts per step; the dataset then needs at least that many rows.
+        shared_prompt_forward (`bool`, *optional*, defaults to `True`):
+            Forward each distinct prompt of a micro-batch once (with the KV cache and gradients) and its completions
+            against it, instead of prompt + completion per response; exact, checked against the plain forward on the
+            first micro-batch of a run, and off (with the reason logged once) for multimodal inputs, MoE auxiliary
+            losses, FSDP/DeepSpeed, top_entropy_quantile < 1, or a model that fails the check.
         entropy_temperature (`float` or `None`, *optional*, defaults to `None`):
             Temperature T of the distribution softmax(logits / T) whose entropy is minimised; None means the sampling
             temperature, as in the paper. The KL term, when beta > 0, is computed at the same temperature.
@@ -152,6 +157,7 @@ class EMConfig(GRPOConfig):
     objective: str = _documented(__doc__, "objective", "entropy_loss")
     responses_per_step: int | None = _documented(__doc__, "responses_per_step", None)
     num_generations: int | None = _documented(__doc__, "num_generations", None)
+    shared_prompt_forward: bool = _documented(__doc__, "shared_prompt_forward", True)
     entropy_temperature: float | None = _documented(__doc__, "entropy_temperature", None)
 
     # The paper's recipe: GRPOConfig fields whose defaults EMConfig changes

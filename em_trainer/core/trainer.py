@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, pad
@@ -23,6 +25,8 @@ from .fused_head import patch_entropy_temperature, score_generated_positions_onl
 from .model_card import BOTH_CITATIONS, build_model_card
 from .objectives import masked_token_mean_loss, token_entropy_reward, token_normalizer, trajectory_reward
 from .rollout import PolicyForward, RolloutStash
+from .shared_prompt import distinct_prompts, shared_prompt_logps_and_entropies
+from .vllm_cpu_sync import keep_linear_weights, repack_after_sync, vllm_runs_on_cpu
 
 
 def _no_reward(completions: list, **kwargs: Any) -> list[float]:
@@ -31,6 +35,15 @@ def _no_reward(completions: list, **kwargs: Any) -> list[float]:
 
 
 _PLACEHOLDER_REWARD = _no_reward.__name__
+# Model inputs besides ids and masks that TRL forwards for multimodal models; the shared-prompt path takes none.
+_EXTRA_MODEL_INPUTS = (
+    "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
+    "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
+)  # fmt: skip
+# First-use check of the shared-prompt forward against the plain one (float32 on CPU agrees to ~1e-7).
+SHARED_PROMPT_LOSS_TOLERANCE = 1e-4
+SHARED_PROMPT_GRAD_TOLERANCE = 1e-3
+logger = logging.get_logger(__name__)
 _REWARD_KEYS = ("reward", "reward_std", "frac_reward_zero_std")
 
 
@@ -92,10 +105,15 @@ class EMTrainer(GRPOTrainer):
         self._check_dataset_fits_batch(train_dataset, args)
         self._em_rl = args.objective == "neg_entropy_reward"
         self._rollout = RolloutStash()
+        self._shared_prompt_state = "unchecked"  # -> "ok" or "off" after the first-use check
+        self._shared_prompt_reasons: set[str] = set()
+        self.shared_prompt_check: dict[str, float] | None = None
         reward_funcs, args = self._reward_setup(reward_funcs, args)
         self._has_placeholder_reward = reward_funcs == [_no_reward]
 
-        super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+        with self._vllm_engine_build_context(args):
+            super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+        self._route_weight_sync_through_cpu_repack()
 
         if isinstance(self.train_dataset, Dataset):
             self.train_dataset = self._match_chat_template(self.train_dataset, self._tokenizer)
@@ -158,6 +176,18 @@ class EMTrainer(GRPOTrainer):
                     completions=lambda: list(self._logs["completion"]),
                 )
             )
+
+    @staticmethod
+    def _colocated_cpu_vllm(args: EMConfig) -> bool:
+        return args.use_vllm and args.vllm_mode == "colocate" and vllm_runs_on_cpu()
+
+    def _vllm_engine_build_context(self, args: EMConfig) -> contextlib.AbstractContextManager:
+        """vLLM's CPU build must keep the weights it packs, or trained weights never reach it (core/vllm_cpu_sync)."""
+        return keep_linear_weights() if self._colocated_cpu_vllm(args) else contextlib.nullcontext()
+
+    def _route_weight_sync_through_cpu_repack(self) -> None:
+        if self._colocated_cpu_vllm(self.args):
+            self.vllm_generation.sync_weights = repack_after_sync(self.vllm_generation)
 
     def _patch_entropy_temperature(self, args: EMConfig) -> None:
         """GRPOTrainer patched the heads at the sampling temperature; EM's loss (and KL) use the entropy one."""
@@ -290,33 +320,108 @@ class EMTrainer(GRPOTrainer):
                 return super()._compute_loss(model, inputs)
         return self._entropy_loss(model, inputs)
 
-    def _entropy_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        logits_to_keep = completion_ids.size(1)
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-
+    def _plain_logps_and_entropies(self, model: torch.nn.Module, inputs: dict[str, Any]):
+        completion_ids = inputs["completion_ids"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         with score_generated_positions_only():
-            per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            return self._get_per_token_logps_and_entropies(
                 model,
                 input_ids,
                 attention_mask,
-                logits_to_keep,
+                completion_ids.size(1),
                 compute_entropy=True,
                 compute_aux_loss=self.aux_loss_enabled,
-                pixel_values=inputs.get("pixel_values"),
-                image_grid_thw=inputs.get("image_grid_thw"),
-                num_images=inputs.get("num_images"),
-                pixel_attention_mask=inputs.get("pixel_attention_mask"),
-                spatial_shapes=inputs.get("spatial_shapes"),
-                num_tiles=inputs.get("num_tiles"),
-                image_sizes=inputs.get("image_sizes"),
-                token_type_ids=inputs.get("token_type_ids"),
-                mm_token_type_ids=inputs.get("mm_token_type_ids"),
-                image_position_ids=inputs.get("image_position_ids"),
+                **{key: inputs.get(key) for key in _EXTRA_MODEL_INPUTS},
             )
+
+    def _shared_logps_and_entropies(self, model: torch.nn.Module, inputs: dict[str, Any]):
+        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            with score_generated_positions_only():
+                logps, entropies = shared_prompt_logps_and_entropies(
+                    model,
+                    inputs["prompt_ids"],
+                    inputs["prompt_mask"],
+                    inputs["completion_ids"],
+                    inputs["completion_mask"],
+                    self.accelerator.autocast,
+                )
+        return logps, entropies, None
+
+    def _shared_prompt_unusable(self, inputs: dict[str, Any]) -> str | None:
+        """Why the shared-prompt forward cannot run on this micro-batch (None: it can)."""
+        if not self.args.shared_prompt_forward:
+            return "shared_prompt_forward=False"
+        if any(inputs.get(key) is not None for key in _EXTRA_MODEL_INPUTS):
+            return "multimodal or token-type inputs"
+        if self.aux_loss_enabled:
+            return "a mixture-of-experts auxiliary loss"
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return "FSDP/DeepSpeed (the prompt pass would bypass their sharded forward)"
+        if inputs["prompt_ids"].size(1) < 2:
+            return "one-token prompts"
+        if self.top_entropy_quantile < 1.0:
+            # The high-entropy selection thresholds exact ties (rows that share a prefix); the shared path agrees to
+            # ~1e-6, which is enough to flip a tie, so the selected tokens could differ from the plain path's.
+            return "top_entropy_quantile < 1 (its tie-sensitive token selection)"
+        return None
+
+    def _per_token_logps_and_entropies(self, model: torch.nn.Module, inputs: dict[str, Any]):
+        """The EM-FT loss's per-token statistics: through the shared-prompt forward where it applies and agrees."""
+        reason = self._shared_prompt_unusable(inputs)
+        if reason is None and self._shared_prompt_state == "unchecked":
+            reason = self._check_shared_prompt(model, inputs)
+        if reason is not None:
+            if reason not in self._shared_prompt_reasons:
+                self._shared_prompt_reasons.add(reason)
+                logger.info("em-trainer: plain training forward (shared-prompt forward off: %s).", reason)
+            return self._plain_logps_and_entropies(model, inputs)
+        if self._shared_prompt_state != "ok":
+            return self._plain_logps_and_entropies(model, inputs)
+        rows = inputs["prompt_ids"].size(0)
+        if distinct_prompts(inputs["prompt_ids"], inputs["prompt_mask"])[0].numel() == rows:
+            return self._plain_logps_and_entropies(model, inputs)  # nothing shared: the plain path is as fast
+        return self._shared_logps_and_entropies(model, inputs)
+
+    def _check_shared_prompt(self, model: torch.nn.Module, inputs: dict[str, Any]) -> str | None:
+        """First use in a run: the shared path must give the plain path's loss and gradient on this micro-batch."""
+        model = self.accelerator.unwrap_model(model)  # gradients taken here must not trigger DDP's reducer
+        params = [p for p in model.parameters() if p.requires_grad]
+        results = []
+        try:
+            for compute in (self._plain_logps_and_entropies, self._shared_logps_and_entropies):
+                _, entropies, _ = compute(model, inputs)
+                loss = (entropies * inputs["completion_mask"]).sum() / inputs["completion_mask"].sum().clamp(min=1)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                flat = torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(p)).flatten()
+                        for g, p in zip(grads, params, strict=True)
+                    ]
+                )
+                results.append((loss.detach(), flat))
+        except Exception as error:  # a model whose backbone does not take a KV cache this way: fall back, say why
+            self._shared_prompt_state = "off"
+            return f"the model does not support it ({type(error).__name__}: {error})"
+        (plain_loss, plain_grad), (shared_loss, shared_grad) = results
+        loss_gap = float((shared_loss - plain_loss).abs() / plain_loss.abs().clamp(min=1e-8))
+        grad_gap = float((shared_grad - plain_grad).norm() / plain_grad.norm().clamp(min=1e-12))
+        self.shared_prompt_check = {"loss_relative_gap": loss_gap, "grad_relative_gap": grad_gap}
+        if loss_gap > SHARED_PROMPT_LOSS_TOLERANCE or grad_gap > SHARED_PROMPT_GRAD_TOLERANCE:
+            self._shared_prompt_state = "off"
+            return (
+                f"it disagreed with the plain path on the first micro-batch (loss gap {loss_gap:.2e}, gradient gap "
+                f"{grad_gap:.2e}); please report this with your model and transformers version"
+            )
+        self._shared_prompt_state = "ok"
+        logger.info("em-trainer: shared-prompt forward on (loss gap %.1e, gradient gap %.1e).", loss_gap, grad_gap)
+        return None
+
+    def _entropy_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        mask = (
+            inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        )
+        per_token_logps, entropies, aux_loss = self._per_token_logps_and_entropies(model, inputs)
 
         loss_mask = mask
         if self.top_entropy_quantile < 1.0:

