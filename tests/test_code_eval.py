@@ -80,3 +80,35 @@ def test_majority_vote_accuracy_against_a_hand_count():
         [rec(None, False), rec(None, False)],  # no answer: wrong
     ]
     assert majority_vote_accuracy(groups) == pytest.approx(2 / 4)
+
+
+def test_ugphysics_fixture_in_hub_layout_with_numeric_tolerance():
+    from em_trainer.evaluation.scoring import grade_with_tolerance
+
+    rows = load_benchmark("ugphysics", FIXTURES)
+    assert [r["gold"] for r in rows] == ["19.6", "3", "C", "\\frac{1}{2} m v^{2}"]
+    assert "units of $\\mathrm{m}$" in rows[0]["problem"]
+    assert grade_with_tolerance(rows[0]["gold"], "The ball falls \\boxed{19.6} m.").correct
+    assert grade_with_tolerance(rows[0]["gold"], "So h = \\boxed{19.62}").correct  # within 1% (rounding)
+    assert not grade_with_tolerance(rows[0]["gold"], "\\boxed{21}").correct
+    assert grade_with_tolerance(rows[1]["gold"], "\\boxed{3.0 \\, \\mathrm{m/s^2}}").correct
+    assert grade_with_tolerance(rows[2]["gold"], "The answer is \\boxed{C}").correct
+    assert grade_with_tolerance(rows[3]["gold"], "\\boxed{\\frac{m v^2}{2}}").correct
+
+
+def test_eval_cli_runs_humaneval_and_majority_vote(tiny_model_dir, tmp_path, capsys):
+    from em_trainer.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", tiny_model_dir, "--benchmarks", "humaneval", "--limit", "2",
+                 "--max_new_tokens", "8", "--output_dir", str(out)]) == 0  # fmt: skip
+    result = json.loads((out / "summary.json").read_text())[0]["benchmarks"]["humaneval"]
+    assert result["total"] == 2 and result["pass_at_k"] == {"1": 0.0}  # a random tiny model passes nothing
+    assert "pass@k" in capsys.readouterr().out
+    assert main(["eval", "--model", tiny_model_dir, "--benchmarks", "arithmetic", "--limit", "2", "--majority", "3",
+                 "--temperature", "0.7", "--max_new_tokens", "6", "--output_dir", str(out)]) == 0  # fmt: skip
+    majority = json.loads((out / "summary.json").read_text())[0]["benchmarks"]["arithmetic"]
+    assert majority["samples_per_problem"] == 3 and majority["majority_accuracy"] is not None
+    assert majority["tokens_per_problem"] > 0
+    assert main(["eval", "--model", tiny_model_dir, "--benchmarks", "arithmetic", "--majority", "3"]) == 2
+    assert "--temperature > 0" in capsys.readouterr().err

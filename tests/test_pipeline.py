@@ -101,3 +101,18 @@ def test_config_errors(tmp_path, tiny_model_dir):
         load_config(bad)
     with pytest.raises(PipelineConfigError, match="key=value"):
         load_config(tiny_config(tmp_path, tiny_model_dir), ["grpo.max_steps"])
+
+
+def test_em_then_grpo_with_a_code_dataset_and_the_code_reward(tmp_path, tiny_model_dir):
+    fixtures = str(Path(__file__).parent / "fixtures" / "benchmarks")
+    overrides = ["grpo.reward=code", "grpo.dataset=livecodebench", f"grpo.data_dir={fixtures}", "grpo.max_steps=1",
+                 "em.max_steps=1"]  # fmt: skip
+    config = load_config(tiny_config(tmp_path, tiny_model_dir), overrides)
+    _, grpo_dir = run_em_then_grpo(config)
+    state = json.loads(next(grpo_dir.glob("checkpoint-*/trainer_state.json")).read_text())
+    assert any("rewards/code_reward/mean" in log for log in state["log_history"])
+    assert "tests pass in the sandbox" in (grpo_dir / "README.md").read_text()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(PipelineConfigError, match="code benchmark"):  # before any EM step
+        run_em_then_grpo(load_config(tiny_config(tmp_path / "b", tiny_model_dir), ["grpo.reward=code"]))
+    assert not (tmp_path / "b" / "run" / "em").exists()

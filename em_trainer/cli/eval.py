@@ -10,7 +10,7 @@ from ..evaluation.benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS
 from . import common
 from .common import add, verb_parser
 
-DEFAULT_MAX_NEW_TOKENS = {"math": 3072, "code": 512}
+DEFAULT_MAX_NEW_TOKENS = {"math": 3072, "physics": 3072, "code": 512}
 HELP = "score models on math (MATH500, Minerva, OlympiadBench, AMC23, AIME24, GSM8K, arithmetic) and code benchmarks"
 
 

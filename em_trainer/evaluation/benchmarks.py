@@ -64,6 +64,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark(
             "leetcode", "newfacade/LeetCodeDataset", kind="code", description="LeetCodeDataset test split, check()"
         ),
+        Benchmark(
+            "ugphysics",
+            "UGPhysics/ugphysics",
+            hub_split="en",
+            kind="physics",
+            description="UGPhysics undergraduate physics, English, 13 subjects; numeric answers to 1% relative",
+        ),
     ]
 }
 
@@ -109,6 +116,8 @@ def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = N
     spec = BENCHMARKS[name]
     if spec.kind == "code":
         return _load_code_benchmark(spec, data_dir, limit)
+    if spec.kind == "physics":
+        return _load_ugphysics(spec, data_dir, limit)
     if name == "arithmetic":
         raw = arithmetic_rows()
     elif data_dir is not None:
@@ -173,4 +182,48 @@ def _load_code_benchmark(spec: Benchmark, data_dir: str | None, limit: int | Non
         raise EvaluationError(f"{spec.name}: a row lacks what its column map needs ({error}).") from error
     if not rows:
         raise EvaluationError(f"Benchmark '{spec.name}' has no rows.")
+    return [{"index": i, **row} for i, row in enumerate(rows)]
+
+
+UGPHYSICS_SUBJECTS = (
+    "AtomicPhysics", "ClassicalElectromagnetism", "ClassicalMechanics", "Electrodynamics", "GeometricalOptics",
+    "QuantumMechanics", "Relativity", "SemiconductorPhysics", "Solid-StatePhysics", "StatisticalMechanics",
+    "TheoreticalMechanics", "Thermodynamics", "WaveOptics",
+)  # fmt: skip
+
+
+def ugphysics_row(row: dict[str, Any]) -> dict[str, str]:
+    """A UGPhysics row (Hub layout): the problem, with its unit named, and the boxed gold answer unwrapped."""
+    from ..data.labels import last_boxed
+
+    answer = str(row["answers"])
+    gold = last_boxed(answer) or answer
+    unit = row.get("unit")
+    problem = str(row["problem"]).strip()
+    if unit and not row.get("is_multiple_answer") and str(unit) not in ("None", "null"):
+        problem += f" Give the numerical value in units of ${unit}$."
+    return {"problem": problem, "gold": gold}
+
+
+def _load_ugphysics(spec: Benchmark, data_dir: str | None, limit: int | None) -> list[dict[str, Any]]:
+    local = Path(data_dir) / spec.name / "test.jsonl" if data_dir is not None else None
+    if local is not None:
+        if not local.is_file():
+            raise EvaluationError(f"No {local} for benchmark '{spec.name}' (rows in the Hub layout of {spec.hub_id}).")
+        raw = _read_jsonl(local)
+    else:
+        from datasets import load_dataset
+
+        try:
+            raw = [r for s in UGPHYSICS_SUBJECTS for r in load_dataset(spec.hub_id, s, split=spec.hub_split)]
+        except Exception as error:
+            raise EvaluationError(
+                f"Could not load '{spec.name}' from the Hub ({spec.hub_id}): {error}. Offline, pass --data_dir with "
+                "ugphysics/test.jsonl in the Hub layout."
+            ) from error
+    raw = raw[:limit] if limit is not None else raw
+    try:
+        rows = [ugphysics_row(r) for r in raw]
+    except KeyError as error:
+        raise EvaluationError(f"ugphysics: a row lacks the column {error}.") from error
     return [{"index": i, **row} for i, row in enumerate(rows)]

@@ -25,7 +25,7 @@ from ..decoding.generation import Generator, SamplingSettings
 from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS, EvaluationError, load_benchmark
 from .code_tasks import CODE_SYSTEM_PROMPT, grade_code, pass_at_k
 from .records import RecordFile
-from .scoring import Grade, grade, parse_gold
+from .scoring import Grade, grade, grade_with_tolerance, parse_gold
 from .selection import majority_agreement
 
 __all__ = [
@@ -113,6 +113,8 @@ def evaluate_benchmark(
                 if is_code:
                     passed, reason = grade_code(row["gold"], completion.text)
                     result = Grade(reason, passed)
+                elif BENCHMARKS[benchmark].kind == "physics":
+                    result = grade_with_tolerance(gold, completion.text)
                 else:
                     result = grade(gold, completion.text)
                 new.append(

@@ -124,3 +124,31 @@ def grade(gold: str | list, completion: str) -> Grade:
     except Exception:  # a pathological expression is a wrong answer, never a crash of a long evaluation
         ok = False
     return Grade(extracted, bool(ok))
+
+
+def _as_number(expression: object) -> float | None:
+    try:
+        value = complex(expression)  # sympy numbers convert; symbols and sets raise
+    except (TypeError, ValueError):
+        return None
+    return value.real if abs(value.imag) < 1e-12 else None
+
+
+def grade_with_tolerance(gold: str | list, completion: str, relative_tolerance: float = 1e-2) -> Grade:
+    """``grade``, then for numeric answers a relative tolerance (physics answers are rounded measurements).
+
+    Used for UGPhysics, whose own grader accepts numerically close values; units are not compared (the prompt names
+    the unit, and math-verify drops ``\\text{...}`` around a number).
+    """
+    result = grade(gold, completion)
+    if result.correct:
+        return result
+    gold_parsed = parse_gold(gold) if isinstance(gold, str) else gold
+    pred = parse_prediction(completion)
+    if not gold_parsed or not pred:
+        return result
+    want, got = _as_number(gold_parsed[0]), _as_number(pred[0])
+    if want is None or got is None:
+        return result
+    close = abs(got - want) <= relative_tolerance * max(abs(want), 1e-12)
+    return Grade(result.extracted, close)

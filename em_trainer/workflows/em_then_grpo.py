@@ -28,9 +28,11 @@ import yaml
 from trl import GRPOTrainer
 
 from ..core.model_card import BOTH_CITATIONS, build_model_card
+from ..data.sources import DatasetError
 
 PHASE_MARKER = ".phase_complete"
-DATA_KEYS = ("dataset", "dataset_split", "problem_column", "answer_column", "max_prompts")
+DATA_KEYS = ("dataset", "dataset_split", "problem_column", "answer_column", "max_prompts", "reward", "data_dir")
+REWARDS = ("accuracy", "code")
 TOP_KEYS = ("model", "output_dir", "push_to_hub", "hub_model_id", "peft", "merge_on_save", "em", "grpo")
 
 EM_THEN_GRPO_DESCRIPTION = (
@@ -160,6 +162,26 @@ def run_em_phase(config: dict[str, Any]) -> Path:
     return directory
 
 
+def load_code_dataset(settings: dict[str, Any]):
+    """The GRPO phase's code prompts with a ``gold`` column of tests: a code benchmark by name (local or Hub)."""
+    from datasets import Dataset
+
+    from ..data.prompts import format_problem
+    from ..evaluation.benchmarks import BENCHMARKS, EvaluationError, load_benchmark
+
+    name = settings.get("dataset")
+    if name not in BENCHMARKS or BENCHMARKS[name].kind != "code":
+        code = [n for n, b in BENCHMARKS.items() if b.kind == "code"]
+        raise PipelineConfigError(
+            f"grpo.reward: code needs grpo.dataset to be a code benchmark ({code}), got {name!r}."
+        )
+    try:
+        rows = load_benchmark(name, settings.get("data_dir"), settings.get("max_prompts"))
+    except EvaluationError as error:
+        raise PipelineConfigError(f"grpo.dataset {name!r}: {error}") from error
+    return Dataset.from_list([{"prompt": format_problem(r["problem"], None), "gold": r["gold"]} for r in rows])
+
+
 def load_labeled_dataset(settings: dict[str, Any]):
     """The GRPO phase's prompts with an ``answer`` column, from a Hub id or a local file."""
     from datasets import Dataset
@@ -194,8 +216,17 @@ class GRPOAfterEMTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "em-trainer", "entropy-minimization"]
 
-    def __init__(self, *args: Any, em_dir: Path, base_model: str | None, dataset_name: str | None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        em_dir: Path,
+        base_model: str | None,
+        dataset_name: str | None,
+        reward_description: str = "accuracy (math-verify against the answer column)",
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        self.reward_description = reward_description
         self.em_dir, self.base_model, self.dataset_name = em_dir, base_model, dataset_name
         marker = em_dir / PHASE_MARKER
         self.em_summary = json.loads(marker.read_text()) if marker.is_file() else {}
@@ -216,7 +247,7 @@ class GRPOAfterEMTrainer(GRPOTrainer):
                 "phase 1 (EM) settings": f"see {self.em_dir / 'README.md'}",
                 "phase 2 (GRPO) data": self.dataset_name,
                 "phase 2 (GRPO) optimizer steps": self.state.global_step,
-                "phase 2 reward": "accuracy (math-verify against the answer column)",
+                "phase 2 reward": self.reward_description,
                 "phase 2 learning rate": self.args.learning_rate,
                 "phase 2 generations per prompt": self.args.num_generations,
                 "phase 2 sampling temperature": self.args.temperature,
@@ -224,7 +255,7 @@ class GRPOAfterEMTrainer(GRPOTrainer):
                 "phase 2 max response length": self.args.max_completion_length,
                 "phase 2 loss": self.args.loss_type,
             },
-            results={k: v for k, v in last.items() if k in ("reward", "rewards/accuracy_reward/mean", "entropy")},
+            results={k: v for k, v in last.items() if k == "reward" or k == "entropy" or k.startswith("rewards/")},
             method_description=EM_THEN_GRPO_DESCRIPTION,
             tags=["grpo", "em-then-grpo"],
             citation=BOTH_CITATIONS,
@@ -247,8 +278,16 @@ def run_grpo_phase(config: dict[str, Any], em_dir: Path) -> Path:
         settings["bf16"] = False  # GRPOConfig defaults to bf16, which a CPU cannot train in
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ and not _cuda():
         settings.setdefault("use_cpu", True)  # several CPU processes: gloo, as EMConfig does
+    reward_name = data.get("reward", "accuracy")
+    if reward_name not in REWARDS:
+        raise PipelineConfigError(f"grpo.reward: {reward_name!r}; use one of {list(REWARDS)}.")
     args = GRPOConfig(output_dir=str(directory), hub_model_id=_hub_id(config, "em-grpo"), **settings)
-    dataset = load_labeled_dataset(data)
+    if reward_name == "code":
+        from ..evaluation.code_tasks import code_reward
+
+        dataset, reward = load_code_dataset(data), code_reward
+    else:
+        dataset, reward = load_labeled_dataset(data), accuracy_reward
 
     model: Any = str(em_dir)
     processing_class = None
@@ -261,7 +300,7 @@ def run_grpo_phase(config: dict[str, Any], em_dir: Path) -> Path:
         processing_class = AutoTokenizer.from_pretrained(str(em_dir), padding_side="left")
     trainer = GRPOAfterEMTrainer(
         model=model,
-        reward_funcs=[accuracy_reward],
+        reward_funcs=[reward],
         args=args,
         train_dataset=dataset,
         processing_class=processing_class,
@@ -269,6 +308,7 @@ def run_grpo_phase(config: dict[str, Any], em_dir: Path) -> Path:
         em_dir=em_dir,
         base_model=base_model_id(config.get("model")),
         dataset_name=data.get("dataset"),
+        reward_description="tests pass in the sandbox" if reward_name == "code" else "accuracy (math-verify)",
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
     _save_final(trainer, directory, bool(config.get("merge_on_save", True)))
@@ -285,7 +325,22 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def check_grpo_data(config: dict[str, Any]) -> None:
+    """Load phase 2's dataset before phase 1 trains: a wrong path or reward must not cost the whole EM phase."""
+    _, _, data = _phase_settings(config, "grpo")
+    if (Path(config["output_dir"]) / "grpo" / PHASE_MARKER).is_file():
+        return
+    reward_name = data.get("reward", "accuracy")
+    if reward_name not in REWARDS:
+        raise PipelineConfigError(f"grpo.reward: {reward_name!r}; use one of {list(REWARDS)}.")
+    try:
+        load_code_dataset(data) if reward_name == "code" else load_labeled_dataset(data)
+    except DatasetError as error:
+        raise PipelineConfigError(f"grpo.dataset: {error}") from error
+
+
 def run_em_then_grpo(config: dict[str, Any]) -> tuple[Path, Path]:
+    check_grpo_data(config)
     em_dir = run_em_phase(config)
     grpo_dir = run_grpo_phase(config, em_dir)
     print(f"[em-trainer] EM model: {em_dir}\n[em-trainer] EM then GRPO model: {grpo_dir}", flush=True)
