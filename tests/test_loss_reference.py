@@ -26,10 +26,9 @@ def make_trainer(tiny_model_dir, tokenizer, tmp_path, reward_funcs=None, **overr
         num_generations=2,
         per_device_train_batch_size=2,
         max_completion_length=MAX_LEN,
-        gradient_checkpointing=False,
         report_to="none",
         shuffle_dataset=False,
-        **overrides,
+        **{"gradient_checkpointing": False, **overrides},
     )
     dataset = Dataset.from_list(
         [

@@ -46,7 +46,10 @@ def test_distinct_prompts_groups_identical_rows():
     assert sorted(first.tolist()) == [0, 1]
 
 
-@pytest.mark.parametrize("overrides", [{}, {"entropy_temperature": 0.8}, {"top_entropy_quantile": 0.5}])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"gradient_checkpointing": True}, {"entropy_temperature": 0.8}, {"top_entropy_quantile": 0.5}],
+)
 def test_shared_equals_plain_with_left_padding_and_pad_eq_eos(tiny_model_dir, tokenizer, tmp_path, overrides):
     trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, **overrides)
     batch = rollout_batch(trainer, tokenizer)

@@ -9,7 +9,6 @@ short, or repeating themselves). Neither knows how a score is computed: the scor
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import TrainerCallback
+
+from ..data.files import atomic_write_json
 
 # A scorer maps a model to a number, higher is better (e.g. greedy accuracy on a dev set). The core never builds one:
 # em_trainer.evaluation.build_dev_set_scorer does, and the trainer passes it in.
@@ -101,7 +102,7 @@ class DevSetEarlyStopping(TrainerCallback):
             raise RuntimeError(f"Could not restore the best weights: missing {missing}, unexpected {unexpected}.")
         if state.is_world_process_zero:
             summary = {"best_step": self.best_step, "best_score": self.best_score, "history": self.history}
-            (Path(args.output_dir) / "early_stopping.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_json(Path(args.output_dir) / "early_stopping.json", summary)
         print(f"[em-trainer] restored the best weights (step {self.best_step}, score {self.best_score:.4f})")
         return control
 

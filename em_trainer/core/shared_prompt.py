@@ -8,18 +8,45 @@ sums the rows' gradients, which is exactly what the G copies of the plain path c
 again so that the position that predicts the first generated token goes through the same fused head as the others.
 
 Positions, masks and padding are those of the plain path: the prompts keep their left padding and the completion pass
-continues at cache position ``P - 1``, so every attention score is the plain path's. Gradient checkpointing is off
-inside this path (transformers drops a KV cache under checkpointing); the prompt's activations are kept once per
-distinct prompt instead of once per response.
+continues at cache position ``P - 1``, so every attention score is the plain path's.
+
+Gradient checkpointing: the prompt pass runs without it (transformers drops a KV cache that a checkpointed layer
+would write twice; the pass is one row per distinct prompt). The completion pass keeps it: the prefix cache is made
+read-only (each layer's ``update`` returns prefix + new keys without storing them), so a recomputed layer reads the
+same states, which is the case transformers allows with ``_can_checkpoint_with_cache``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+
+class ReadOnlyPrefixCache(DynamicCache):
+    """A KV cache of the shared prefix that each layer reads (prefix + its new states) and never writes."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+
+@contextlib.contextmanager
+def checkpoint_with_read_only_cache(model: Any) -> Iterator[None]:
+    """Let checkpointed layers keep a cache they only read (transformers drops it otherwise)."""
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache  # back to the class attribute
 
 
 def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,23 +73,26 @@ def shared_prompt_logps_and_entropies(
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     autocast: Callable[[], Any],
+    without_checkpointing: Callable[[], Any] = contextlib.nullcontext,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs and entropies of the completions, ``(batch, completion_len)``, as the plain path gives them.
 
     ``model`` carries TRL's fused LM head (at the entropy temperature). Rows are grouped by identical prompt rows.
+    ``without_checkpointing`` is a context in which the model runs without gradient checkpointing (for the prompt).
     """
     first, inverse = distinct_prompts(prompt_ids, prompt_mask)
-    with autocast():
+    with without_checkpointing(), autocast():
         prefix = backbone(model)(
             input_ids=prompt_ids[first, :-1], attention_mask=prompt_mask[first, :-1], use_cache=True
         )
     cache = prefix.past_key_values
     cache.reorder_cache(inverse)  # one copy of each distinct prompt's keys and values per row; backward sums them
+    cache.__class__ = ReadOnlyPrefixCache
     input_ids = torch.cat([prompt_ids[:, -1:], completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     labels = input_ids.masked_fill(torch.cat([prompt_mask[:, -1:], completion_mask], dim=1) == 0, -100)
     labels[:, 0] = -100
-    with autocast():
+    with checkpoint_with_read_only_cache(model), autocast():
         outputs = model(
             input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, labels=labels,
             fused_lm_head=True,

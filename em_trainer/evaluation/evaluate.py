@@ -11,7 +11,6 @@ An interrupted evaluation resumes from ``records.jsonl``: finished samples are n
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -20,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.files import atomic_write_json, atomic_write_text
 from ..data.prompts import MATH_SYSTEM_PROMPT, render_chat
 from ..decoding.generation import Generator, SamplingSettings
 from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS, EvaluationError, load_benchmark
@@ -164,7 +164,7 @@ def evaluate_benchmark(
         tokens_per_problem=sum(r["num_tokens"] for r in kept) / max(len(per_problem), 1),
         majority_accuracy=majority_vote_accuracy(complete) if settings.n > 1 and not is_code and complete else None,
     )
-    (folder / "summary.json").write_text(json.dumps({**asdict(result), "accuracy": result.accuracy}, indent=2))
+    atomic_write_json(folder / "summary.json", {**asdict(result), "accuracy": result.accuracy})
     return result
 
 
@@ -217,8 +217,8 @@ def summarize(results: Sequence[BenchmarkResult], output_dir: str | Path) -> str
             lines.append(f"| {model_tag(model)} | {temperature:g} | {b} | {r.samples_per_problem} | {passes} | "
                          f"{majority} | {r.tokens_per_problem:.1f} |")  # fmt: skip
     table = "\n".join(lines) + "\n"
-    (output_dir / "summary.md").write_text("Accuracy in % (correct/total samples).\n\n" + table)
-    (output_dir / "summary.json").write_text(json.dumps(payload, indent=2))
+    atomic_write_text(output_dir / "summary.md", "Accuracy in % (correct/total samples).\n\n" + table)
+    atomic_write_json(output_dir / "summary.json", payload)
     return table
 
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.files import atomic_write_text
+
 
 class RecordFile:
     """Append-only JSONL of finished samples; a torn last line (a crash mid-write) is dropped on reading."""
@@ -30,9 +32,7 @@ class RecordFile:
         return records
 
     def rewrite(self, records: list[dict[str, Any]]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:

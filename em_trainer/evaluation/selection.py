@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.files import atomic_write_json, atomic_write_text
 from ..data.labels import PROBLEM_COLUMNS, last_boxed, pick_column, pool_answer
 from ..data.prompts import BOXED_INSTRUCTION, format_problem, render_chat
 from ..data.sources import load_pool
@@ -233,19 +234,20 @@ def _answer_text(completion: str) -> str | None:
 
 
 def _write_selection(selected: Sequence[PromptStats], output: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with output.open("w", encoding="utf-8") as handle:
-        for rank_index, s in enumerate(selected, start=1):
-            record = {
-                "problem": s.problem,
-                "answer": s.answer,
-                "pass_rate": s.pass_rate,
-                "variance": s.variance,
-                "mean_length": s.mean_length,
-                "k": s.k,
-                "rank": rank_index,
-                "pool_index": s.index,
-            }
-            handle.write(json.dumps(record) + "\n")
+    lines = []
+    for rank_index, s in enumerate(selected, start=1):
+        record = {
+            "problem": s.problem,
+            "answer": s.answer,
+            "pass_rate": s.pass_rate,
+            "variance": s.variance,
+            "mean_length": s.mean_length,
+            "k": s.k,
+            "rank": rank_index,
+            "pool_index": s.index,
+        }
+        lines.append(json.dumps(record) + "\n")
+    atomic_write_text(output, "".join(lines))
 
 
 def _write_report(
@@ -278,7 +280,7 @@ def _write_report(
     if bad_rows:
         lines += ["", f"## Bad rows ({len(bad_rows)}), skipped", "", "| pool index | reason |", "| --- | --- |"]
         lines += [f"| {b['index']} | {b['reason']} |" for b in bad_rows]
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(report, "\n".join(lines) + "\n")
     payload = {
         "model": model,
         "labels": labels,
@@ -286,5 +288,5 @@ def _write_report(
         "ranking": [{**asdict(s), "pass_rate": s.pass_rate, "variance": s.variance} for s in ranking],
         "bad_rows": list(bad_rows),
     }
-    report.with_suffix(".json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    atomic_write_json(report.with_suffix(".json"), payload)
     return report

@@ -28,6 +28,7 @@ import yaml
 from trl import GRPOTrainer
 
 from ..core.model_card import BOTH_CITATIONS, build_model_card
+from ..data.files import atomic_write_json
 from ..data.sources import DatasetError
 
 PHASE_MARKER = ".phase_complete"
@@ -102,7 +103,7 @@ def _save_final(trainer: Any, directory: Path, merge: bool) -> None:
 
 def _mark_complete(trainer: Any, directory: Path, summary: dict[str, Any]) -> None:
     if trainer.accelerator.is_main_process:
-        (directory / PHASE_MARKER).write_text(json.dumps(summary, indent=2))
+        atomic_write_json(directory / PHASE_MARKER, summary)
     trainer.accelerator.wait_for_everyone()
 
 

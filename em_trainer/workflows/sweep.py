@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.files import atomic_write_json, atomic_write_text
+
 RUN_MARKER = ".run_complete"
 
 
@@ -185,12 +187,12 @@ def run_sweep(
                     record["scores_by_step"][step] = evaluate_model(
                         checkpoint, benchmarks, directory / "eval" / checkpoint.name, eval_settings
                     )
-        marker.write_text(json.dumps(record, indent=2))
+        atomic_write_json(marker, record)
         records.append(record)
 
     summary = {"runs": records, "aggregate": aggregate(records), "grid": grid, "seeds": seeds}
-    (root / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
-    (root / "sweep_summary.md").write_text(summary_table(summary["aggregate"]))
+    atomic_write_json(root / "sweep_summary.json", summary)
+    atomic_write_text(root / "sweep_summary.md", summary_table(summary["aggregate"]))
     plots = []
     if any(r["scores_by_step"] for r in records):
         plots.append(plot_over_steps(records, root / "loss_and_score_vs_step.png"))
