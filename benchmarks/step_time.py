@@ -71,6 +71,23 @@ def step_flops(
     return generation + forward * passes
 
 
+def time_parts(trainer) -> dict[str, list[float]]:
+    """Seconds spent in generation and in the loss forward, per call (the rest of a step: backward and optimizer)."""
+    parts: dict[str, list[float]] = {"generation": [], "loss_forward": []}
+    for name, key in (("_generate", "generation"), ("compute_loss", "loss_forward")):
+        original = getattr(trainer, name)
+
+        def timed(*args, _original=original, _key=key, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                parts[_key].append(time.perf_counter() - start)
+
+        setattr(trainer, name, timed)
+    return parts
+
+
 def run_variant(variant: str, steps: int, responses: int, completion_len: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -122,6 +139,7 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
         checkpointing = args.gradient_checkpointing
         model = trainer.model
         baseline = rss_mib()
+        parts = time_parts(trainer)
         trainer.train()
     elif variant == "c":
         from trl import GRPOConfig, GRPOTrainer
@@ -141,6 +159,7 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
         checkpointing = args.gradient_checkpointing
         model = trainer.model
         baseline = rss_mib()
+        parts = time_parts(trainer)
         trainer.train()
     elif variant == "b":
         checkpointing = False
@@ -181,6 +200,19 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
 
     peak = rss_mib()
     measured = times[1:] if len(times) > 1 else times  # the first step pays one-off warm-up costs
+    breakdown = {}
+    if variant != "b":
+        per_step = max(1, len(parts["loss_forward"]) // max(len(times), 1))
+        generation = parts["generation"][1:] if len(parts["generation"]) > 1 else parts["generation"]
+        calls = parts["loss_forward"]
+        forward = [sum(calls[i : i + per_step]) for i in range(0, len(calls), per_step)]
+        forward = forward[1:] if len(forward) > 1 else forward
+        breakdown = {
+            "generation_s": statistics.median(generation) if generation else None,
+            "loss_forward_s": statistics.median(forward) if forward else None,
+        }
+        if breakdown["generation_s"] is not None and breakdown["loss_forward_s"] is not None:
+            breakdown["backward_and_optimizer_s"] = statistics.median(measured) - sum(breakdown.values())
     seconds = statistics.median(measured)
     shared = variant == "a" and getattr(trainer, "_shared_prompt_state", None) == "ok"
     flops = step_flops(model, prompt_len, responses, completion_len, checkpointing, shared)
@@ -194,6 +226,7 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
         "step_tflop": flops / 1e12,
         "achieved_gflops": flops / seconds / 1e9,
         "prompt_tokens": prompt_len,
+        "breakdown": breakdown,
     }
 
 

@@ -215,9 +215,9 @@ class EMConfig(GRPOConfig):
         self._assumed_world_size = int(os.environ.get("WORLD_SIZE", "1"))
         world = self._assumed_world_size
         if self.gradient_accumulation_steps is None:
-            responses = self.responses_per_step or PAPER_RESPONSES_PER_STEP
+            responses = PAPER_RESPONSES_PER_STEP if self.responses_per_step is None else self.responses_per_step
             if responses < 1:
-                raise EMConfigError(f"responses_per_step must be >= 1, got {responses}.")
+                raise EMConfigError(f"responses_per_step={responses}: set at least 1 (the paper samples 64 per step).")
             if responses < self.per_device_train_batch_size * world and responses % world == 0:
                 self.per_device_train_batch_size = responses // world
             per_step = self.per_device_train_batch_size * world

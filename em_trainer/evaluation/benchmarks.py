@@ -139,6 +139,8 @@ def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = N
                 f"Could not load '{name}' from the Hub ({spec.hub_id}): {error}. Offline, pass --data-dir with the "
                 "official test files (one folder per benchmark with a test.jsonl)."
             ) from error
+    if not raw:
+        raise EvaluationError(f"Benchmark '{name}' has no rows (an empty file?). Check its test.jsonl.")
     if limit is not None:
         raw = raw[:limit]
     grader = spec.grader_key or name

@@ -29,6 +29,7 @@ from trl import GRPOTrainer
 
 from ..core.model_card import BOTH_CITATIONS, build_model_card
 from ..data.files import atomic_write_json
+from ..data.paths import ConfigPathError, resolve_config_path
 from ..data.sources import DatasetError
 
 PHASE_MARKER = ".phase_complete"
@@ -55,6 +56,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         config = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError as error:
         raise PipelineConfigError(f"Config file not found: {path}") from error
+    except yaml.YAMLError as error:
+        raise PipelineConfigError(f"Config file {path} is not valid YAML: {error}".replace("\n", " ")) from error
+    if not isinstance(config, dict):
+        raise PipelineConfigError(f"Config file {path} must hold a mapping (model:, output_dir:, em:, grpo:).")
     for item in overrides or []:
         if "=" not in item:
             raise PipelineConfigError(f"Override '{item}' must look like key=value or section.key=value.")
@@ -67,6 +72,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     unknown = [k for k in config if k not in TOP_KEYS]
     if unknown:
         raise PipelineConfigError(f"Unknown top-level key(s) {unknown}; allowed: {list(TOP_KEYS)}.")
+    for phase in ("em", "grpo"):
+        if config.get(phase) is not None and not isinstance(config[phase], dict):
+            raise PipelineConfigError(f"'{phase}' must be a mapping of settings, got {config[phase]!r}.")
+    try:
+        config["model"] = resolve_config_path(config.get("model"), path, "model")
+        for phase, key in (("em", "dataset"), ("grpo", "dataset"), ("grpo", "data_dir")):
+            section = config.get(phase) or {}
+            if key in section:
+                section[key] = resolve_config_path(section[key], path, f"{phase}.{key}")
+    except ConfigPathError as error:
+        raise PipelineConfigError(str(error)) from error
     if "output_dir" not in config:
         raise PipelineConfigError("The config needs an output_dir (phase 1 goes to <output_dir>/em, 2 to /grpo).")
     return config

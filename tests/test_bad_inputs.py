@@ -1,0 +1,117 @@
+"""Bad inputs at every entry point: exit status 2 and one line that names the problem, never a traceback.
+
+The table in docs/bad_inputs.md lists these cases; each row here is one of them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from em_trainer.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def files(tmp_path, tiny_model_dir):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "nocol.jsonl").write_text(json.dumps({"text": "hi"}) + "\n")
+    (tmp_path / "noanswer.jsonl").write_text(json.dumps({"problem": "1+1?"}) + "\n")
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "unknown.yaml").write_text("learning_rate: 1e-5\nno_such_option: 3\n")
+    bench = tmp_path / "bench" / "math500"
+    bench.mkdir(parents=True)
+    (bench / "test.jsonl").write_text("")
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTModel"]}))
+    return {"dir": tmp_path, "tiny": tiny_model_dir}
+
+
+def case(*args: str) -> tuple[str, ...]:
+    return args
+
+
+CASES = {
+    "train: temperature 0": (case("train", "--temperature", "0"), "temperature"),
+    "train: num_generations not dividing the batch": (
+        case("train", "--responses_per_step", "8", "--num_generations", "3"), "num_generations"),
+    "train: zero responses per step": (case("train", "--responses_per_step", "0"), "responses_per_step"),
+    "train: zero optimizer steps": (case("train", "--max_steps", "0"), "max_steps"),
+    "train: unknown objective": (case("train", "--objective", "maximize"), "objective"),
+    "train: unknown EM-RL reward": (case("train", "--em_reward", "bonus"), "em_reward"),
+    "train: adaptive entropy": (case("train", "--use_adaptive_entropy", "true"), "use_adaptive_entropy"),
+    "train: GRPO entropy bonus": (case("train", "--entropy_coef", "0.1"), "entropy_coef"),
+    "train: missing dataset file": (case("train", "--dataset", "{dir}/missing.jsonl"), "not found"),
+    "train: empty dataset file": (case("train", "--dataset", "{dir}/empty.jsonl"), "empty"),
+    "train: dataset without a prompt column": (case("train", "--dataset", "{dir}/nocol.jsonl"), "prompt"),
+    "train: model path that does not exist": (case("train", "--model", "{dir}/nowhere/model"), "neither"),
+    "train: model file that is not a checkpoint": (case("train", "--model", "{dir}/notes.txt"), ".gguf"),
+    "train: model directory that is not a causal LM": (case("train", "--model", "{dir}/encoder"), "causal"),
+    "train: output_dir is a file": (case("train", "--model", "{tiny}", "--output_dir", "{dir}/a_file"), "output_dir"),
+    "train: unknown YAML key": (case("train", "--config", "{dir}/unknown.yaml"), "no_such_option"),
+    "eval: unknown benchmark": (case("eval", "--benchmarks", "mathh500"), "unknown benchmark"),
+    "eval: missing benchmark folder": (case("eval", "--benchmarks", "gsm8k", "--data_dir", "{dir}/bench"), "gsm8k"),
+    "eval: empty benchmark file": (case("eval", "--benchmarks", "math500", "--data_dir", "{dir}/bench"), "no rows"),
+    "eval: majority of 1": (case("eval", "--benchmarks", "arithmetic", "--majority", "1"), "at least 2"),
+    "eval: majority without sampling": (case("eval", "--benchmarks", "arithmetic", "--majority", "4"), "temperature"),
+    "eval: zero samples": (case("eval", "--model", "{tiny}", "--benchmarks", "arithmetic", "--n", "0"), "n and"),
+    "eval: negative temperature": (
+        case("eval", "--model", "{tiny}", "--benchmarks", "arithmetic", "--temperature", "-1"), "temperature"),
+    "eval: top_p of 0": (case("eval", "--model", "{tiny}", "--benchmarks", "arithmetic", "--top_p", "0"), "top_p"),
+    "select: k of 1": (case("select", "--model", "{tiny}", "--pool", str(FIXTURES / "arithmetic_pool.jsonl"),
+                            "--k", "1", "--output", "{dir}/sel.jsonl"), "k=1"),
+    "select: missing pool": (case("select", "--pool", "{dir}/missing.jsonl"), "not found"),
+    "select: pool where no row has an answer": (
+        case("select", "--model", "{tiny}", "--pool", "{dir}/noanswer.jsonl", "--output", "{dir}/s.jsonl"),
+        "No usable row"),
+    "sweep: grid without values": (case("sweep", "--config", "c.yaml", "--grid", "temperature"), "field=v1"),
+    "generate: unknown backend": (case("generate", "--prompt", "hi", "--backend", "tpu"), "invalid choice"),
+}
+
+
+@pytest.fixture(autouse=True)
+def no_training(monkeypatch):
+    """Every case must stop before training; one that does not fails here at once instead of training."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a bad input reached trainer.train()")
+
+    monkeypatch.setattr("em_trainer.core.trainer.EMTrainer.train", refuse)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gives_one_clear_line(name, files, capsys):
+    args, needle = CASES[name]
+    argv = [a.format(**files) for a in args]
+    with pytest.raises(SystemExit) if "invalid choice" in needle else _returns(2) as outcome:
+        code = main(argv)
+        outcome.code = code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]  # progress bars may share stderr
+    assert "Traceback" not in err, err
+    assert len(errors) == 1, err
+    assert needle.lower() in errors[0].lower(), err
+
+
+class _returns:
+    def __init__(self, expected: int) -> None:
+        self.expected, self.code = expected, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            assert self.code == self.expected, f"exit status {self.code}"
+        return False
+
+
+def test_the_docs_table_lists_every_case():
+    table = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
+    for name in CASES:
+        assert f"| {name} |" in table, name
