@@ -88,6 +88,14 @@ def time_parts(trainer) -> dict[str, list[float]]:
     return parts
 
 
+def train_timed(trainer) -> tuple[bool, object, float, dict[str, list[float]]]:
+    """Train with generation and the loss forward timed; returns what the report needs."""
+    baseline = rss_mib()
+    parts = time_parts(trainer)
+    trainer.train()
+    return trainer.args.gradient_checkpointing, trainer.model, baseline, parts
+
+
 def run_variant(variant: str, steps: int, responses: int, completion_len: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -136,11 +144,7 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
         trainer = EMTrainer(
             model_dir, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()]
         )
-        checkpointing = args.gradient_checkpointing
-        model = trainer.model
-        baseline = rss_mib()
-        parts = time_parts(trainer)
-        trainer.train()
+        checkpointing, model, baseline, parts = train_timed(trainer)
     elif variant == "c":
         from trl import GRPOConfig, GRPOTrainer
 
@@ -156,11 +160,7 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
             processing_class=tokenizer,
             callbacks=[Timer()],
         )
-        checkpointing = args.gradient_checkpointing
-        model = trainer.model
-        baseline = rss_mib()
-        parts = time_parts(trainer)
-        trainer.train()
+        checkpointing, model, baseline, parts = train_timed(trainer)
     elif variant == "b":
         checkpointing = False
         model = AutoModelForCausalLM.from_pretrained(model_dir)

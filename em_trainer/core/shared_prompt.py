@@ -98,3 +98,23 @@ def shared_prompt_logps_and_entropies(
             fused_lm_head=True,
         )  # fmt: skip
     return outputs.log_probs, outputs.entropy
+
+
+def gradient_sketch(grads: tuple[torch.Tensor | None, ...], projections: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient's norm and its projections on fixed random sign vectors (seeded per tensor), all in float64.
+
+    For two gradients sketched alike, ``mean((proj_a - proj_b) ** 2)`` is an unbiased estimate of ``||a - b||^2``
+    (the sign vectors have unit-variance entries), at the memory of one tensor at a time.
+    """
+    norm_sq = torch.zeros((), dtype=torch.float64)
+    sketch = torch.zeros(projections, dtype=torch.float64)
+    for index, grad in enumerate(grads):
+        if grad is None:
+            continue
+        flat = grad.detach().flatten().double().cpu()
+        norm_sq += flat.pow(2).sum()
+        generator = torch.Generator().manual_seed(index)
+        for k in range(projections):
+            signs = torch.randint(0, 2, flat.shape, generator=generator, dtype=torch.int8).double().mul_(2).sub_(1)
+            sketch[k] += flat @ signs
+    return norm_sq.sqrt(), sketch

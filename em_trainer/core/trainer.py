@@ -25,7 +25,7 @@ from .fused_head import patch_entropy_temperature, score_generated_positions_onl
 from .model_card import BOTH_CITATIONS, build_model_card
 from .objectives import masked_token_mean_loss, token_entropy_reward, token_normalizer, trajectory_reward
 from .rollout import PolicyForward, RolloutStash
-from .shared_prompt import distinct_prompts, shared_prompt_logps_and_entropies
+from .shared_prompt import distinct_prompts, gradient_sketch, shared_prompt_logps_and_entropies
 from .vllm_cpu_sync import keep_linear_weights, repack_after_sync, vllm_runs_on_cpu
 
 
@@ -387,7 +387,11 @@ class EMTrainer(GRPOTrainer):
         return self._shared_logps_and_entropies(model, inputs)
 
     def _check_shared_prompt(self, model: torch.nn.Module, inputs: dict[str, Any]) -> str | None:
-        """First use in a run: the shared path must give the plain path's loss and gradient on this micro-batch."""
+        """First use in a run: the shared path must give the plain path's loss and gradient on this micro-batch.
+
+        The gradients are compared through random projections (4 Rademacher directions per parameter tensor, the
+        same for both paths), which estimate ``||g_shared - g_plain||`` without holding two copies of the gradient.
+        """
         model = self.accelerator.unwrap_model(model)  # gradients taken here must not trigger DDP's reducer
         params = [p for p in model.parameters() if p.requires_grad]
         results = []
@@ -396,19 +400,14 @@ class EMTrainer(GRPOTrainer):
                 _, entropies, _ = compute(model, inputs)
                 loss = (entropies * inputs["completion_mask"]).sum() / inputs["completion_mask"].sum().clamp(min=1)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
-                flat = torch.cat(
-                    [
-                        (g if g is not None else torch.zeros_like(p)).flatten()
-                        for g, p in zip(grads, params, strict=True)
-                    ]
-                )
-                results.append((loss.detach(), flat))
+                results.append((loss.detach(), gradient_sketch(grads)))
+                del grads
         except Exception as error:  # a model whose backbone does not take a KV cache this way: fall back, say why
             self._shared_prompt_state = "off"
             return f"the model does not support it ({type(error).__name__}: {error})"
-        (plain_loss, plain_grad), (shared_loss, shared_grad) = results
+        (plain_loss, (plain_norm, plain_proj)), (shared_loss, (_, shared_proj)) = results
         loss_gap = float((shared_loss - plain_loss).abs() / plain_loss.abs().clamp(min=1e-8))
-        grad_gap = float((shared_grad - plain_grad).norm() / plain_grad.norm().clamp(min=1e-12))
+        grad_gap = float((shared_proj - plain_proj).pow(2).mean().sqrt() / plain_norm.clamp(min=1e-12))
         self.shared_prompt_check = {"loss_relative_gap": loss_gap, "grad_relative_gap": grad_gap}
         if loss_gap > SHARED_PROMPT_LOSS_TOLERANCE or grad_gap > SHARED_PROMPT_GRAD_TOLERANCE:
             self._shared_prompt_state = "off"
