@@ -39,7 +39,9 @@ def case(*args: str) -> tuple[str, ...]:
 CASES = {
     "train: temperature 0": (case("train", "--temperature", "0"), "temperature"),
     "train: num_generations not dividing the batch": (
-        case("train", "--responses_per_step", "8", "--num_generations", "3"), "num_generations"),
+        case("train", "--responses_per_step", "8", "--num_generations", "3"),
+        "num_generations",
+    ),
     "train: zero responses per step": (case("train", "--responses_per_step", "0"), "responses_per_step"),
     "train: zero optimizer steps": (case("train", "--max_steps", "0"), "max_steps"),
     "train: unknown objective": (case("train", "--objective", "maximize"), "objective"),
@@ -61,14 +63,29 @@ CASES = {
     "eval: majority without sampling": (case("eval", "--benchmarks", "arithmetic", "--majority", "4"), "temperature"),
     "eval: zero samples": (case("eval", "--model", "{tiny}", "--benchmarks", "arithmetic", "--n", "0"), "n and"),
     "eval: negative temperature": (
-        case("eval", "--model", "{tiny}", "--benchmarks", "arithmetic", "--temperature", "-1"), "temperature"),
+        case("eval", "--model", "{tiny}", "--benchmarks", "arithmetic", "--temperature", "-1"),
+        "temperature",
+    ),
     "eval: top_p of 0": (case("eval", "--model", "{tiny}", "--benchmarks", "arithmetic", "--top_p", "0"), "top_p"),
-    "select: k of 1": (case("select", "--model", "{tiny}", "--pool", str(FIXTURES / "arithmetic_pool.jsonl"),
-                            "--k", "1", "--output", "{dir}/sel.jsonl"), "k=1"),
+    "select: k of 1": (
+        case(
+            "select",
+            "--model",
+            "{tiny}",
+            "--pool",
+            str(FIXTURES / "arithmetic_pool.jsonl"),
+            "--k",
+            "1",
+            "--output",
+            "{dir}/sel.jsonl",
+        ),
+        "k=1",
+    ),
     "select: missing pool": (case("select", "--pool", "{dir}/missing.jsonl"), "not found"),
     "select: pool where no row has an answer": (
         case("select", "--model", "{tiny}", "--pool", "{dir}/noanswer.jsonl", "--output", "{dir}/s.jsonl"),
-        "No usable row"),
+        "No usable row",
+    ),
     "sweep: grid without values": (case("sweep", "--config", "c.yaml", "--grid", "temperature"), "field=v1"),
     "generate: unknown backend": (case("generate", "--prompt", "hi", "--backend", "tpu"), "invalid choice"),
 }

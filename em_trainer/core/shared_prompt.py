@@ -58,6 +58,11 @@ def distinct_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tup
     return first, inverse
 
 
+def repeated_rows(ids: torch.Tensor) -> bool:
+    """Whether some row of ``ids`` occurs more than once (then a shared-prompt pass saves work)."""
+    return torch.unique(ids, dim=0).size(0) < ids.size(0)
+
+
 def backbone(model: Any) -> Any:
     """The transformer body (no LM head) of a causal LM, through PEFT and DDP wrappers; LoRA layers stay in it."""
     model = getattr(model, "module", model)
@@ -98,6 +103,13 @@ def shared_prompt_logps_and_entropies(
             fused_lm_head=True,
         )  # fmt: skip
     return outputs.log_probs, outputs.entropy
+
+
+def masked_mean_gap(values: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> float:
+    """Relative gap between the masked means of two per-token tensors (a masking error moves the mean)."""
+    total = mask.sum().clamp(min=1)
+    ours, theirs = (values * mask).sum() / total, (reference * mask).sum() / total
+    return float((ours - theirs).abs() / theirs.abs().clamp(min=1e-8))
 
 
 def gradient_sketch(grads: tuple[torch.Tensor | None, ...], projections: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

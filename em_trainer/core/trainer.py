@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -25,7 +26,13 @@ from .fused_head import patch_entropy_temperature, score_generated_positions_onl
 from .model_card import BOTH_CITATIONS, build_model_card
 from .objectives import masked_token_mean_loss, token_entropy_reward, token_normalizer, trajectory_reward
 from .rollout import PolicyForward, RolloutStash
-from .shared_prompt import distinct_prompts, gradient_sketch, shared_prompt_logps_and_entropies
+from .shared_prefill import generate_with_shared_prefill
+from .shared_prompt import (
+    gradient_sketch,
+    masked_mean_gap,
+    repeated_rows,
+    shared_prompt_logps_and_entropies,
+)
 from .vllm_cpu_sync import keep_linear_weights, repack_after_sync, vllm_runs_on_cpu
 
 
@@ -106,6 +113,7 @@ class EMTrainer(GRPOTrainer):
         self._em_rl = args.objective == "neg_entropy_reward"
         self._rollout = RolloutStash()
         self._shared_prompt_state = "unchecked"  # -> "ok" or "off" after the first-use check
+        self._shared_no_grad_state = "unchecked"  # the same, for the no-grad passes
         self._shared_prompt_reasons: set[str] = set()
         self.shared_prompt_check: dict[str, float] | None = None
         reward_funcs, args = self._reward_setup(reward_funcs, args)
@@ -245,6 +253,37 @@ class EMTrainer(GRPOTrainer):
             self._rollout.new_rollout(output[0], output[1])
         return output
 
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        with self._shared_prefill_generation(images, multimodal_fields):
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+
+    @contextlib.contextmanager
+    def _shared_prefill_generation(self, images: Any, multimodal_fields: dict) -> Iterator[None]:
+        """HF generation prefills each distinct prompt once (core/shared_prefill), where TRL runs HF ``generate``."""
+        if (
+            not self.args.shared_prompt_forward
+            or self.use_vllm
+            or self.use_transformers_continuous_batching
+            or images
+            or multimodal_fields
+            or self.is_fsdp_enabled
+            or self.is_deepspeed_enabled
+        ):
+            yield
+            return
+        model = self.accelerator.unwrap_model(self.model_wrapped)  # what TRL's generation context yields
+        own_generate = vars(model).get("generate")  # an instance attribute to put back, if any
+        model.generate = functools.partial(generate_with_shared_prefill, model, generate=model.generate)
+        try:
+            yield
+        finally:
+            if own_generate is None:
+                del model.generate  # back to the class's method
+            else:
+                model.generate = own_generate
+
     @property
     def _trl_computes_old_logps(self) -> bool:
         """Whether TRL runs a no-grad policy forward on each rollout before the rewards.
@@ -257,9 +296,12 @@ class EMTrainer(GRPOTrainer):
             self.use_vllm and self.vllm_importance_sampling_correction
         )
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        # Only TRL's old-log-probs pass qualifies: the first no-grad policy forward after a rollout, when TRL runs one
-        # (with PEFT, the reference pass is the same module with its adapter off, and comes after it).
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs
+    ):
+        # Only TRL's old-log-probs pass qualifies for reuse as EM-RL's reward: the first no-grad policy forward after
+        # a rollout, when TRL runs one (with PEFT, the reference pass is the same module with its adapter off, and
+        # comes after it).
         reusable = (
             self._em_rl
             and self._rollout.awaiting_forward
@@ -268,16 +310,89 @@ class EMTrainer(GRPOTrainer):
             and model is self.model
         )
         if not reusable:
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            return self._scored_forward(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
             )
-        compute_entropy = kwargs.pop("compute_entropy", False)
         with score_generated_positions_only():
-            logps, entropies, aux = super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, *args, compute_entropy=True, **kwargs
+            logps, entropies, aux = self._scored_forward(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, True, **kwargs
             )
         self._rollout.keep_forward(PolicyForward(input_ids, attention_mask, logps, entropies))
         return logps, entropies if compute_entropy else None, aux
+
+    def _scored_forward(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs
+    ):
+        """TRL's per-token pass; without gradients (old log-probs, reference, EM-RL reward), prompts shared.
+
+        The first shared no-grad pass of a run is checked against TRL's plain one (mean log-prob and entropy over
+        the completion tokens); if they part, the run stays on the plain path and says why.
+        """
+        prompt_length = input_ids.size(1) - logits_to_keep
+
+        def plain(with_entropy: bool = compute_entropy):
+            return super(EMTrainer, self)._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, with_entropy, **kwargs
+            )
+
+        if torch.is_grad_enabled() or self._shared_no_grad_unusable(input_ids[:, :prompt_length], kwargs):
+            return plain()
+        logps, entropies = self._shared_no_grad(model, input_ids, attention_mask, prompt_length, batch_size)
+        if self._shared_no_grad_state == "unchecked":
+            plain_logps, plain_entropies, _ = plain(entropies is not None)
+            mask = attention_mask[:, prompt_length:]
+            gap = masked_mean_gap(logps, plain_logps, mask)
+            if entropies is not None and plain_entropies is not None:
+                gap = max(gap, masked_mean_gap(entropies, plain_entropies, mask))
+            if gap > SHARED_PROMPT_LOSS_TOLERANCE:
+                self._shared_no_grad_state = "off"
+                logger.warning(
+                    "em-trainer: no-grad passes stay plain: the shared-prompt pass disagreed with the plain one "
+                    "(relative gap %.2e); please report this with your model and transformers version.",
+                    gap,
+                )
+                return plain_logps, plain_entropies if compute_entropy else None, None
+            self._shared_no_grad_state = "ok"
+        return logps, entropies if compute_entropy else None, None
+
+    def _shared_no_grad(self, model, input_ids, attention_mask, prompt_length: int, batch_size: int | None):
+        unwrapped = self.accelerator.unwrap_model(model)
+
+        def without_checkpointing():
+            if getattr(unwrapped, "is_gradient_checkpointing", False):
+                return disable_gradient_checkpointing(unwrapped, self.args.gradient_checkpointing_kwargs)
+            return contextlib.nullcontext()
+
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            rows = slice(start, start + batch_size)
+            chunk = shared_prompt_logps_and_entropies(
+                model,
+                input_ids[rows, :prompt_length],
+                attention_mask[rows, :prompt_length],
+                input_ids[rows, prompt_length:],
+                attention_mask[rows, prompt_length:],
+                self.accelerator.autocast,
+                without_checkpointing,
+            )
+            logps.append(chunk[0])
+            entropies.append(chunk[1])
+        # A head patched for log-probs only (TRL's reference model) gives no entropies.
+        return torch.cat(logps), None if entropies[0] is None else torch.cat(entropies)
+
+    def _shared_no_grad_unusable(self, prompt_ids: torch.Tensor, kwargs: dict[str, Any]) -> str | None:
+        if not self.args.shared_prompt_forward or self._shared_no_grad_state == "off":
+            return "shared_prompt_forward=False or its check failed"
+        if any(value is not None and value is not False for value in kwargs.values()):
+            return "multimodal or auxiliary-loss inputs"
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return "FSDP/DeepSpeed"
+        if prompt_ids.size(1) < 2:
+            return "one-token prompts"
+        if not repeated_rows(prompt_ids):
+            return "no prompt repeats"
+        return None
 
     def _em_token_statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-token log-probs and entropies of the current rollout, and its mask of generated positions."""
@@ -299,7 +414,7 @@ class EMTrainer(GRPOTrainer):
             return kept.logps, kept.entropies, completion_mask
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             with score_generated_positions_only():
-                logps, entropies, _ = super()._get_per_token_logps_and_entropies(
+                logps, entropies, _ = self._scored_forward(
                     self.model,
                     input_ids,
                     attention_mask,
@@ -381,8 +496,7 @@ class EMTrainer(GRPOTrainer):
             return self._plain_logps_and_entropies(model, inputs)
         if self._shared_prompt_state != "ok":
             return self._plain_logps_and_entropies(model, inputs)
-        rows = inputs["prompt_ids"].size(0)
-        if distinct_prompts(inputs["prompt_ids"], inputs["prompt_mask"])[0].numel() == rows:
+        if not repeated_rows(inputs["prompt_ids"]):
             return self._plain_logps_and_entropies(model, inputs)  # nothing shared: the plain path is as fast
         return self._shared_logps_and_entropies(model, inputs)
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..core.shared_prefill import generate_with_shared_prefill
 from ..data.models import resolve_model
 from ..data.prompts import render_chat
 from ..data.tokens import eos_token_ids
@@ -76,7 +77,7 @@ class Generator(Protocol):
 
 
 class HFGenerator:
-    """Batched HF ``generate`` with left padding and the KV cache on.
+    """Batched HF ``generate`` with left padding and the KV cache on; each prompt is prefilled once for its n samples.
 
     Args:
         model: A model or anything :func:`em_trainer.models.resolve_model` accepts.
@@ -126,7 +127,6 @@ class HFGenerator:
             per_prompt = 1 if settings.greedy else settings.n
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=settings.max_new_tokens,
-                num_return_sequences=per_prompt,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.eos_ids,
                 use_cache=True,
@@ -139,8 +139,12 @@ class HFGenerator:
                 )
             if self.logits_processors:
                 kwargs["logits_processor"] = LogitsProcessorList(self.logits_processors)
-            output = self.model.generate(**encoded, **kwargs)
-            new_tokens = output[:, encoded["input_ids"].shape[1] :].tolist()
+            # The n samples of a prompt are n copies of its row (as num_return_sequences makes them), so the prompt is
+            # prefilled once and its cache shared (core/shared_prefill).
+            input_ids = encoded["input_ids"].repeat_interleave(per_prompt, dim=0)
+            attention_mask = encoded["attention_mask"].repeat_interleave(per_prompt, dim=0)
+            output = generate_with_shared_prefill(self.model, input_ids, attention_mask, **kwargs)
+            new_tokens = output[:, input_ids.shape[1] :].tolist()
             for i in range(len(chunk)):
                 samples = []
                 for ids in new_tokens[i * per_prompt : (i + 1) * per_prompt]:
