@@ -71,7 +71,9 @@ class EMConfig(GRPOConfig):
             Forward each distinct prompt of a micro-batch once (with the KV cache and gradients) and its completions
             against it, instead of prompt + completion per response; exact, checked against the plain forward on the
             first micro-batch of a run, and off (with the reason logged once) for multimodal inputs, MoE auxiliary
-            losses, FSDP/DeepSpeed, top_entropy_quantile < 1, or a model that fails the check.
+            losses, FSDP/DeepSpeed, top_entropy_quantile < 1, or a model that fails the check. The same switch
+            prefills each distinct prompt once in HF generation and shares it in the no-grad passes (reference,
+            old log-probs, EM-RL reward), each checked once against the plain path.
         entropy_temperature (`float` or `None`, *optional*, defaults to `None`):
             Temperature T of the distribution softmax(logits / T) whose entropy is minimised; None means the sampling
             temperature, as in the paper. The KL term, when beta > 0, is computed at the same temperature.
