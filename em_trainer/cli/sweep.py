@@ -37,9 +37,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_study_parser() -> argparse.ArgumentParser:
+    parser = verb_parser(
+        "sweep",
+        "Run (or resume) a study: a YAML with `arms`, e.g. recipes/configs/smollm2-135m-cpu/replication/study.yaml.",
+    )
+    add(parser, "config", required=True, help="the study YAML")
+    add(parser, "quick", action="store_true", help="the study's CI-sized variant (its `quick:` block)")
+    add(parser, "output_dir", help="default: the study's output_dir")
+    add(parser, "results_file", help="default: the study's results_file")
+    return parser
+
+
+def run_study_config(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from ..workflows.study import load_study, run_study
+    from ..workflows.study_report import render_report
+
+    args = build_study_parser().parse_args(argv)
+    study = load_study(args.config, quick=args.quick, output_dir=args.output_dir)
+    if args.results_file:
+        study.results_file = Path(args.results_file)
+    results = run_study(study)
+    report = render_report(results)
+    (study.output_dir / "report.md").write_text(report, encoding="utf-8")
+    print(report)
+    print(
+        f"[em-trainer] study results in {os.path.abspath(study.results_file)}; report in {study.output_dir}/report.md"
+    )
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    from ..workflows.study import is_study_config
     from ..workflows.sweep import parse_grid, run_sweep, summary_table
 
+    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+    if config is not None and is_study_config(config):
+        return run_study_config(argv)
     args, extra = build_parser().parse_known_args(argv)
     summary = run_sweep(
         args.config,

@@ -38,6 +38,22 @@ class TrainScriptArguments:
     report_max_new_tokens: int | None = field(
         default=None, metadata={"help": "Response length of those samples; default: max_completion_length."}
     )
+    save_at_steps: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated optimizer steps to checkpoint at besides save_steps, e.g. '2,4,10,15'."},
+    )
+
+
+def _steps(text: str) -> list[int]:
+    from ..core.config import EMConfigError
+
+    try:
+        steps = [int(step) for step in text.split(",") if step.strip()]
+    except ValueError:
+        raise EMConfigError(f"save_at_steps='{text}' must be comma-separated step numbers, e.g. '2,4,10'.") from None
+    if any(step < 1 for step in steps):
+        raise EMConfigError(f"save_at_steps='{text}' has a step below 1; optimizer steps count from 1.")
+    return steps
 
 
 def _config_file(argv: list[str]) -> str | None:
@@ -100,6 +116,7 @@ def main(argv: list[str]) -> int:
     from transformers.trainer_utils import get_last_checkpoint
     from trl import get_peft_config
 
+    from ..core.callbacks import SaveAtSteps
     from ..core.trainer import EMTrainer
     from ..data.models import resolve_model
     from ..data.paths import resolve_config_path
@@ -146,6 +163,8 @@ def main(argv: list[str]) -> int:
         peft_config=get_peft_config(model_args),
         dev_set_scorer=build_dev_set_scorer(config, tokenizer),
     )
+    if script_args.save_at_steps:
+        trainer.add_callback(SaveAtSteps(_steps(script_args.save_at_steps)))
     checkpoint = config.resume_from_checkpoint
     if checkpoint is None and os.path.isdir(config.output_dir):
         checkpoint = get_last_checkpoint(config.output_dir)

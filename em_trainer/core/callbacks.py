@@ -149,3 +149,19 @@ class CollapseGuard(TrainerCallback):
             state.log_history.append({"step": state.global_step, "collapse_guard/stopped": self.reason})
             print(f"[em-trainer] collapse guard: stopping at step {state.global_step}: {self.reason}", flush=True)
         return control
+
+
+class SaveAtSteps(TrainerCallback):
+    """Checkpoint at the listed optimizer steps too (e.g. 2, 4, 6, 8, 10, 15, 20), besides ``save_steps``.
+
+    Studies that measure a run at irregular steps need those checkpoints and no others (a full checkpoint of even a
+    135M model with its optimizer state is 1.6 GB).
+    """
+
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = set(steps)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step in self.steps:
+            control.should_save = True
+        return control

@@ -68,6 +68,8 @@ class BenchmarkResult:
     pass_at_k: dict[int, float] = field(default_factory=dict)
     tokens_per_problem: float = 0.0
     majority_accuracy: float | None = None  # maj@n (self-consistency), math benchmarks with n > 1
+    mean_length: float = 0.0  # tokens per response
+    cut_share: float = 0.0  # share of responses cut at max_new_tokens (no end-of-sequence token)
 
     @property
     def accuracy(self) -> float:
@@ -163,6 +165,8 @@ def evaluate_benchmark(
         else {},
         tokens_per_problem=sum(r["num_tokens"] for r in kept) / max(len(per_problem), 1),
         majority_accuracy=majority_vote_accuracy(complete) if settings.n > 1 and not is_code and complete else None,
+        mean_length=sum(r["num_tokens"] for r in kept) / max(len(kept), 1),
+        cut_share=sum(r["finish_reason"] == "length" for r in kept) / max(len(kept), 1),
     )
     atomic_write_json(folder / "summary.json", {**asdict(result), "accuracy": result.accuracy})
     return result

@@ -1,0 +1,390 @@
+"""The replication study: EM-FT, EM-RL and EM-INF against the base model on held-out arithmetic, over seeds.
+
+Built from the project's own verbs, no parallel path: ``select`` picks the training prompt from the pool, the sweep's
+training runs (``em-trainer train``, one process per seed) train each arm, and every measured model goes through the
+code that ``eval`` (greedy and sampled accuracy, response length, share cut at the length limit) and ``analyze``
+(fresh-sample entropy, raw-logit skewness) use. Each measurement is appended to ``measurements.jsonl`` as it
+finishes and a finished training run leaves a marker, so a rerun after an interruption redoes nothing finished.
+
+The study is fixed before any result is seen: the configuration lives in
+``recipes/configs/smollm2-135m-cpu/replication/study.yaml`` and its ``quick`` block is the CI-sized variant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.files import atomic_write_json
+from ..data.paths import resolve_config_path
+from .sweep import RUN_MARKER, Run, SweepError, train_run
+
+METRICS = ("greedy_accuracy", "sampled_accuracy", "entropy", "skewness", "mean_length", "cut_share")
+TEST_BENCHMARK = "arithmetic"
+ARM_KINDS = ("decode", "train")
+DECODINGS = ("plain", "em_inf", "adaptive_temperature")
+
+
+class StudyError(SweepError):
+    """A study configuration that cannot work; the message names the key and the fix."""
+
+
+@dataclass
+class Study:
+    """A study configuration (see ``study.yaml`` for what each key means)."""
+
+    config_path: Path
+    output_dir: Path
+    results_file: Path
+    model: str
+    seeds: int
+    steps: list[int]
+    test_size: int
+    pool_size: int
+    pool_seed: int
+    select: dict[str, Any]
+    measure: dict[str, Any]
+    arms: dict[str, dict[str, Any]]
+    train_args: list[str] = field(default_factory=list)
+
+    @property
+    def max_step(self) -> int:
+        return max(self.steps)
+
+
+_TOP_KEYS = {
+    "output_dir", "results_file", "model", "seeds", "steps", "test_size", "pool_size", "pool_seed", "select",
+    "measure", "arms", "train_args", "quick",
+}  # fmt: skip
+
+
+def is_study_config(path: str | Path) -> bool:
+    """Whether a YAML file is a study (it has ``arms``) rather than an ``em-trainer train`` config."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(content, dict) and "arms" in content
+
+
+def load_study(path: str | Path, quick: bool = False, output_dir: str | None = None) -> Study:
+    """Read a study YAML; ``quick`` applies its ``quick:`` block (the CI-sized variant) on top."""
+    import yaml
+
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise StudyError(f"{path}: unknown key(s) {sorted(unknown)}; the keys a study takes are {sorted(_TOP_KEYS)}.")
+    if quick:
+        for key, value in (raw.get("quick") or {}).items():
+            if isinstance(value, dict) and isinstance(raw.get(key), dict) and key != "arms":
+                raw[key] = {**raw[key], **value}
+            else:
+                raw[key] = value
+    steps = sorted({int(s) for s in raw.get("steps", [0])})
+    if steps[0] != 0:
+        steps = [0, *steps]
+    arms = raw.get("arms") or {}
+    for name, arm in arms.items():
+        kind = arm.get("kind")
+        if kind not in ARM_KINDS:
+            raise StudyError(f"arms.{name}.kind is {kind!r}; use one of {ARM_KINDS}.")
+        if kind == "decode" and arm.get("decoding", "plain") not in DECODINGS:
+            raise StudyError(f"arms.{name}.decoding is {arm.get('decoding')!r}; use one of {DECODINGS}.")
+        if kind == "train":
+            arm["config"] = resolve_config_path(arm.get("config"), path, f"arms.{name}.config")
+            if not arm["config"] or not Path(arm["config"]).is_file():
+                raise StudyError(f"arms.{name}.config must name an `em-trainer train` YAML beside the study.")
+    seeds = int(raw.get("seeds", 8))
+    if seeds < 1 or raw.get("test_size", 1) < 1 or raw.get("pool_size", 1) < 1:
+        raise StudyError("seeds, test_size and pool_size must be at least 1.")
+    return Study(
+        config_path=path,
+        output_dir=Path(output_dir or raw.get("output_dir", "outputs/study")),
+        results_file=Path(
+            raw.get("results_file", Path(output_dir or raw.get("output_dir", "outputs/study")) / "results.json")
+        ),
+        model=raw.get("model", "smollm2-135m-instruct"),
+        seeds=seeds,
+        steps=steps,
+        test_size=int(raw.get("test_size", 40)),
+        pool_size=int(raw.get("pool_size", 64)),
+        pool_seed=int(raw.get("pool_seed", 1)),
+        select=dict(raw.get("select") or {}),
+        measure=dict(raw.get("measure") or {}),
+        arms=arms,
+        train_args=[str(a) for a in raw.get("train_args") or []],
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------- data
+def build_pool(study: Study) -> Path:
+    """Training pool: arithmetic problems drawn with ``pool_seed``, none of them in the test benchmark."""
+    from ..evaluation.benchmarks import arithmetic_rows, load_benchmark
+
+    test_problems = {row["problem"] for row in load_benchmark(TEST_BENCHMARK)}  # all of it, not only test_size
+    pool, seen = [], set()
+    for row in arithmetic_rows(size=20 * study.pool_size, seed=study.pool_seed):
+        if row["problem"] in test_problems or row["problem"] in seen:
+            continue
+        seen.add(row["problem"])
+        pool.append(row)
+        if len(pool) == study.pool_size:
+            break
+    if len(pool) < study.pool_size:
+        raise StudyError(f"pool_size={study.pool_size}: only {len(pool)} distinct problems outside the test set.")
+    path = study.output_dir / "data" / "pool.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in pool), encoding="utf-8")
+    return path
+
+
+def select_prompt(study: Study, pool: Path) -> Path:
+    """``em-trainer select`` over the pool (pass@k variance); its output is the training dataset."""
+    output = study.output_dir / "data" / "selected.jsonl"
+    if output.exists():
+        return output
+    command = [sys.executable, "-m", "em_trainer.cli", "select", "--model", study.model, "--pool", str(pool)]
+    command += ["--output", str(output), "--top", "1"]
+    for key, value in study.select.items():
+        command += [f"--{key}", str(value)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    (study.output_dir / "data" / "select.log").write_text(result.stdout + "\n" + result.stderr)
+    if result.returncode != 0:
+        raise StudyError(f"select failed (see {study.output_dir}/data/select.log):\n{result.stderr[-2000:]}")
+    return output
+
+
+# ------------------------------------------------------------------------------------------------------ measurement
+def _processors(decoding: str, arm: dict[str, Any]) -> tuple[Any, list[Any], float]:
+    """EM-INF settings, extra logits processors and the sampling temperature of a decoding arm."""
+    from ..decoding.em_inf import PRESETS, AdaptiveTemperatureLogitsProcessor
+
+    if decoding == "em_inf":
+        return PRESETS[arm.get("preset", "default")], [], None
+    if decoding == "adaptive_temperature":
+        # The processor sets each step's temperature; sampling then runs at 1.
+        return None, [AdaptiveTemperatureLogitsProcessor(float(arm.get("target_entropy", 0.3)))], 1.0
+    return None, [], None
+
+
+def measure_model(
+    model_path: str,
+    study: Study,
+    seed: int,
+    label: str,
+    decoding: str = "plain",
+    arm: dict[str, Any] | None = None,
+    greedy_label: str | None = None,
+) -> dict[str, float | None]:
+    """Greedy and sampled accuracy, fresh-sample entropy, raw-logit skewness, length and cut share of one model.
+
+    ``greedy_label``: where the greedy records go when they do not depend on the seed (the same model and decoding
+    for every seed), so that later seeds read them instead of decoding again.
+    """
+    from ..decoding.generation import SamplingSettings, make_generator
+    from ..evaluation.analysis import collect_logit_statistics, fresh_sample_entropy
+    from ..evaluation.benchmarks import load_benchmark
+    from ..evaluation.evaluate import evaluate_benchmark
+
+    settings = study.measure
+    length = int(settings.get("max_new_tokens", 96))
+    temperature = float(settings.get("temperature", 0.5))
+    em_inf, processors, sample_temperature = _processors(decoding, arm or {})
+    generator = make_generator(
+        model_path, "hf", em_inf=em_inf, batch_size=int(settings.get("batch_size", 8)), logits_processors=processors
+    )
+    out = study.output_dir / "eval"
+
+    def accuracy(temp: float, sample_seed: int):
+        name = greedy_label or label if temp == 0 else label
+        return evaluate_benchmark(
+            generator, generator.tokenizer, name, TEST_BENCHMARK, out,
+            SamplingSettings(temperature=temp, max_new_tokens=length, seed=sample_seed), limit=study.test_size,
+            progress=None,
+        )  # fmt: skip
+
+    greedy = accuracy(0.0, 0)
+    sampled = accuracy(sample_temperature or temperature, seed)
+    result: dict[str, float | None] = {
+        "greedy_accuracy": greedy.accuracy,
+        "sampled_accuracy": sampled.accuracy,
+        "mean_length": sampled.mean_length,
+        "cut_share": sampled.cut_share,
+        "entropy": None,
+        "skewness": None,
+    }
+    if decoding == "plain":
+        # Entropy and logit shape describe the model; a decoding arm leaves the model as it is (the base's).
+        from ..data.prompts import MATH_SYSTEM_PROMPT, chat_messages
+
+        problems = load_benchmark(TEST_BENCHMARK, limit=int(settings.get("entropy_problems", 4)))
+        prompts = [chat_messages(row["problem"], MATH_SYSTEM_PROMPT) for row in problems]
+        model, tokenizer = generator.model, generator.tokenizer
+        entropy = fresh_sample_entropy(
+            model, tokenizer, prompts, int(settings.get("entropy_samples", 4)), temperature, length, seed
+        )
+        logits, _ = collect_logit_statistics(
+            model, tokenizer, prompts, label, num_samples=1, temperature=temperature, max_new_tokens=length,
+            seed=seed, sample_size=1000,
+        )  # fmt: skip
+        result.update(entropy=entropy.mean_entropy, skewness=logits.skewness)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------------ runs
+class Measurements:
+    """``measurements.jsonl``: one line per (arm, seed, step), appended as each finishes."""
+
+    def __init__(self, path: Path) -> None:
+        from ..evaluation.records import RecordFile
+
+        self.file = RecordFile(path)
+        self.done = {(r["arm"], r["seed"], r["step"]): r for r in self.file.read()}
+
+    def get(self, arm: str, seed: int, step: int) -> dict[str, Any] | None:
+        return self.done.get((arm, seed, step))
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.file.append([record])
+        self.done[(record["arm"], record["seed"], record["step"])] = record
+
+
+def _measure_once(
+    study: Study, measurements: Measurements, name: str, seed: int, step: int, model_path: str, log: Any, **kwargs: Any
+) -> dict[str, Any]:
+    """The (arm ``name``, seed, step) measurement: read back if already taken, else taken, recorded and logged."""
+    found = measurements.get(name, seed, step)
+    if found is not None:
+        return found
+    started = time.time()
+    values = measure_model(model_path, study, seed, f"{name}-seed{seed}-step{step}", **kwargs)
+    record = {"arm": name, "seed": seed, "step": step, **values, "seconds": round(time.time() - started, 1)}
+    measurements.add(record)
+    shown = ", ".join(f"{k} {record[k]:.3f}" for k in METRICS if record.get(k) is not None)
+    log(f"[study] {name} seed {seed} step {step}: {shown}", flush=True)
+    return record
+
+
+def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path, measurements: Measurements,
+                     log: Any) -> None:  # fmt: skip
+    """Train each seed (``em-trainer train`` through the sweep's runner), measure its checkpoints, then drop them."""
+    saved = [step for step in study.steps if step > 0]
+    for seed in range(study.seeds):
+        directory = study.output_dir / "runs" / name / f"seed-{seed}"
+        if all(measurements.get(name, seed, step) for step in saved):
+            continue
+        if not (directory / RUN_MARKER).exists():
+            extra = ["--dataset", str(dataset), "--max_steps", str(study.max_step), "--save_steps", "100000"]
+            extra += ["--save_at_steps", ",".join(map(str, saved)), "--report_to", "none", *study.train_args]
+            directory.mkdir(parents=True, exist_ok=True)
+            log(f"[study] training {name} seed {seed} ({study.max_step} steps)", flush=True)
+            train_run(Run((), seed), arm["config"], directory, extra, save_steps=None)
+            (directory / RUN_MARKER).write_text("done\n")
+        for step in saved:
+            _measure_once(study, measurements, name, seed, step, str(directory / f"checkpoint-{step}"), log)
+        for checkpoint in directory.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)  # measured; 1.6 GB each with the optimizer state
+
+
+def run_study(study: Study, log: Any = print) -> dict[str, Any]:
+    """Run (or resume) the whole study and write its results JSON; returns that JSON's content."""
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    measurements = Measurements(study.output_dir / "measurements.jsonl")
+    wall_file = study.output_dir / "wall_seconds.json"
+    wall: dict[str, float] = json.loads(wall_file.read_text()) if wall_file.exists() else {}
+
+    def timed(part: str, started: float) -> None:
+        # Summed over reruns, so an interrupted and resumed study reports the time it took in all.
+        wall[part] = wall.get(part, 0.0) + time.time() - started
+        atomic_write_json(wall_file, wall)
+
+    started = time.time()
+    pool = build_pool(study)
+    dataset = select_prompt(study, pool)
+    timed("data_and_select", started)
+    selected = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])
+
+    # Step 0 of every training arm is the base model sampled with that seed: measured once, shared.
+    started = time.time()
+    base = {
+        seed: _measure_once(study, measurements, "base", seed, 0, study.model, log, greedy_label="base")
+        for seed in range(study.seeds)
+    }
+    timed("base", started)
+    for name, arm in study.arms.items():
+        if arm["kind"] == "decode" and arm.get("decoding", "plain") != "plain":
+            started = time.time()
+            for seed in range(study.seeds):
+                _measure_once(
+                    study, measurements, name, seed, 0, study.model, log,
+                    decoding=arm["decoding"], arm=arm, greedy_label=name,
+                )  # fmt: skip
+            timed(name, started)
+    for name, arm in study.arms.items():
+        if arm["kind"] == "train":
+            for seed in range(study.seeds):
+                if measurements.get(name, seed, 0) is None:
+                    measurements.add({**base[seed], "arm": name, "seed": seed, "step": 0, "seconds": 0.0})
+            started = time.time()
+            run_training_arm(study, name, arm, dataset, measurements, log)
+            timed(name, started)
+
+    records = sorted(measurements.done.values(), key=lambda r: (r["arm"], r["step"], r["seed"]))
+
+    def portable(path: Any) -> str:
+        return os.path.relpath(path) if os.path.isabs(str(path)) else str(path)
+
+    arms = {name: {**arm, **({"config": portable(arm["config"])} if "config" in arm else {})}
+            for name, arm in study.arms.items()}  # fmt: skip
+    results = {
+        "study": {**asdict(study), "config_path": portable(study.config_path), "output_dir": str(study.output_dir),
+                  "results_file": str(study.results_file), "arms": arms},  # fmt: skip
+        "selected_prompt": selected,
+        "wall_seconds": {k: round(v, 1) for k, v in wall.items()},
+        "records": records,
+        "aggregate": aggregate(records),
+    }  # fmt: skip
+    study.results_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(study.results_file, results)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- aggregation
+def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per arm, step and metric: mean, std (sample, over seeds), min, max and the number of seeds."""
+    grouped: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for record in records:
+        by_metric = grouped.setdefault(record["arm"], {}).setdefault(str(record["step"]), {})
+        for metric in METRICS:
+            value = record.get(metric)
+            if value is not None and not math.isnan(value):
+                by_metric.setdefault(metric, []).append(float(value))
+    return {
+        arm: {
+            step: {
+                metric: {
+                    "mean": statistics.fmean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "min": min(values),
+                    "max": max(values),
+                    "seeds": len(values),
+                }
+                for metric, values in metrics.items()
+            }
+            for step, metrics in steps.items()
+        }
+        for arm, steps in grouped.items()
+    }

@@ -1,0 +1,27 @@
+"""docs/results.md shows exactly what benchmarks/results/replication*.json holds (regenerate with
+`python benchmarks/replication_report.py`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from em_trainer.workflows.study_report import embedded, render_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_results_page_matches_the_json():
+    document = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    files = {path.stem: path for path in (ROOT / "benchmarks" / "results").glob("replication*.json")}
+    assert "replication_quick" in files, "the quick study's JSON is committed"
+    blocks = re.findall(r"<!-- study-report:begin (\S+) -->", document)
+    for name in blocks:
+        text = embedded(document, name)
+        if name not in files:
+            assert text == "", f"docs/results.md shows a '{name}' table with no JSON behind it"
+            continue
+        results = json.loads(files[name].read_text(encoding="utf-8"))
+        assert text == render_report(results), f"docs/results.md's '{name}' tables differ from {files[name].name}"
+    assert set(files) <= set(blocks), "every results JSON has its block in docs/results.md"

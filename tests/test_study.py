@@ -1,0 +1,119 @@
+"""The replication study: configuration checks, data split, aggregation, report, and the quick variant end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from em_trainer.data.paths import ConfigPathError
+from em_trainer.evaluation.benchmarks import load_benchmark
+from em_trainer.workflows.study import StudyError, aggregate, build_pool, load_study
+from em_trainer.workflows.study_report import embed, embedded, render_report
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "recipes/configs/smollm2-135m-cpu/replication/study.yaml"
+
+
+def test_study_config_loads_full_and_quick():
+    full, quick = load_study(STUDY), load_study(STUDY, quick=True)
+    assert full.seeds >= 8 and full.steps == [0, 2, 4, 6, 8, 10, 15, 20]
+    assert {"base", "em_inf", "adaptive_temperature", "em_ft", "em_rl_token", "em_rl_trajectory"} == set(full.arms)
+    assert quick.seeds == 2 and quick.steps == [0, 2] and set(quick.arms) == set(full.arms), "quick cuts, never arms"
+    assert quick.select["temperature"] == full.select["temperature"], "quick overrides merge into the full settings"
+    for arm in full.arms.values():
+        if arm["kind"] == "train":
+            assert Path(arm["config"]).is_file(), "arm configs resolve beside the study file, from any directory"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": 1}, "unknown key"),
+        ({"arms": {"x": {"kind": "fly"}}}, "arms.x.kind"),
+        ({"arms": {"x": {"kind": "decode", "decoding": "beam"}}}, "arms.x.decoding"),
+        ({"arms": {"x": {"kind": "train", "config": "missing.yaml"}}}, "arms.x.config"),
+        ({"seeds": 0, "arms": {}}, "at least 1"),
+    ],
+)
+def test_bad_study_configs_name_the_key(tmp_path, change, message):
+    import yaml
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"arms": {}, **change}))
+    with pytest.raises((StudyError, ConfigPathError), match=message):
+        load_study(path)
+
+
+def test_pool_never_overlaps_the_test_benchmark(tmp_path):
+    study = load_study(STUDY, output_dir=str(tmp_path))
+    rows = [json.loads(line) for line in build_pool(study).read_text().splitlines()]
+    test = {row["problem"] for row in load_benchmark("arithmetic")}
+    assert len(rows) == study.pool_size == len({r["problem"] for r in rows})
+    assert not test & {r["problem"] for r in rows}
+
+
+def test_aggregate_matches_statistics_over_seeds():
+    records = [
+        {"arm": "a", "seed": s, "step": 2, "greedy_accuracy": v, "entropy": None}
+        for s, v in enumerate([0.1, 0.3, 0.2])
+    ]
+    stats = aggregate(records)["a"]["2"]
+    assert stats["greedy_accuracy"]["mean"] == pytest.approx(0.2)
+    assert stats["greedy_accuracy"]["std"] == pytest.approx(statistics.stdev([0.1, 0.3, 0.2]))
+    assert (stats["greedy_accuracy"]["min"], stats["greedy_accuracy"]["max"], stats["greedy_accuracy"]["seeds"]) == (
+        0.1, 0.3, 3,
+    )  # fmt: skip
+    assert "entropy" not in stats, "a metric an arm does not have is left out, not zero"
+
+
+def test_report_embeds_and_reads_back():
+    document = "intro\n<!-- study-report:begin x -->\nold\n<!-- study-report:end x -->\noutro\n"
+    new = embed(document, "x", "| table |\n")
+    assert embedded(new, "x") == "| table |\n" and new.startswith("intro\n") and new.endswith("outro\n")
+
+
+@pytest.mark.slow
+def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
+    """`sweep --config study.yaml --quick`: every arm, seed and step measured; a rerun recomputes nothing."""
+    out = tmp_path / "study"
+    command = [
+        sys.executable, "-m", "em_trainer.cli", "sweep", "--config", str(STUDY), "--quick",
+        "--output_dir", str(out), "--results_file", str(out / "results.json"),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    study = load_study(STUDY, quick=True)
+    for name, arm in study.arms.items():
+        steps = study.steps if arm["kind"] == "train" else [0]
+        for step in steps:
+            stats = results["aggregate"][name][str(step)]
+            assert stats["greedy_accuracy"]["seeds"] == study.seeds, (name, step)
+            assert 0 <= stats["cut_share"]["mean"] <= 1
+            if arm.get("decoding", "plain") == "plain":
+                assert stats["entropy"]["mean"] >= 0 and "skewness" in stats
+    assert not list(out.glob("runs/*/seed-*/checkpoint-*")), "measured checkpoints are dropped"
+    assert render_report(results).count("\n| em_ft |") == 1 + len(study.steps)
+    lines = (out / "measurements.jsonl").read_text().splitlines()
+
+    second = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (out / "measurements.jsonl").read_text().splitlines() == lines, "a rerun measures nothing again"
+    assert "[study] training" not in second.stdout
+
+
+@pytest.mark.parametrize("text, message", [("2,x", "comma-separated"), ("0,2", "below 1")])
+def test_save_at_steps_rejects_bad_steps(text, message):
+    from em_trainer.cli.train import _steps
+    from em_trainer.core.config import EMConfigError
+
+    with pytest.raises(EMConfigError, match=message):
+        _steps(text)
+    assert _steps("2, 4,10") == [2, 4, 10]
