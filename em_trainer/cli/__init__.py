@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 VERBS = ("train", "select", "generate", "eval", "analyze", "sweep")
 
@@ -38,11 +40,31 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from .common import USER_ERRORS
 
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
     try:
         return _verb(command).main(rest)
     except USER_ERRORS as error:
         print(f"em-trainer {command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Progress files are appended unit by unit and checkpoints written atomically: nothing finished is lost.
+        print(
+            f"em-trainer {command}: interrupted. Finished work is saved; run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (what schedulers and `kill` send) stops a job like Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 __all__ = ["VERBS", "main", "usage"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +117,7 @@ def main(argv: list[str]) -> int:
     from transformers.trainer_utils import get_last_checkpoint
     from trl import get_peft_config
 
-    from ..core.callbacks import SaveAtSteps
+    from ..core.callbacks import SaveAtSteps, StopOnSignal
     from ..core.trainer import EMTrainer
     from ..data.models import resolve_model
     from ..data.paths import resolve_config_path
@@ -165,12 +166,23 @@ def main(argv: list[str]) -> int:
     )
     if script_args.save_at_steps:
         trainer.add_callback(SaveAtSteps(_steps(script_args.save_at_steps)))
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
     checkpoint = config.resume_from_checkpoint
     if checkpoint is None and os.path.isdir(config.output_dir):
         checkpoint = get_last_checkpoint(config.output_dir)
         if checkpoint is not None:
             print(f"[em-trainer] resuming from {checkpoint}", flush=True)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if stop.stopped_at is not None and stop.stopped_at < trainer.state.max_steps:
+        saved = os.path.join(os.path.abspath(config.output_dir), f"checkpoint-{stop.stopped_at}")
+        print(
+            f"[em-trainer] stopped by {stop.received} after step {stop.stopped_at} of {trainer.state.max_steps}; "
+            f"checkpoint saved in {saved}. Run the same command again to resume from it.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 130
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(dataset_name=script_args.dataset or "one-shot EM prompt (pi1)")

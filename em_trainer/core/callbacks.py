@@ -10,6 +10,9 @@ short, or repeating themselves). Neither knows how a score is computed: the scor
 from __future__ import annotations
 
 import shutil
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,3 +168,51 @@ class SaveAtSteps(TrainerCallback):
         if state.global_step in self.steps:
             control.should_save = True
         return control
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGINT or SIGTERM during training: finish the optimizer step, save a checkpoint there, and stop.
+
+    A rerun of the same command resumes from that checkpoint with nothing lost. A second signal stops at once (the
+    last checkpoint stays). With several processes the flag is combined across them at each step end, so that all
+    save the same step.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.stopped_at: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(
+            f"[em-trainer] {self.received}: finishing this optimizer step, then saving a checkpoint and stopping "
+            "(send it again to stop now).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        flag = torch.tensor(float(self.received is not None))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = flag.to(args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0:
+            self.received = self.received or "a signal in another process"
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

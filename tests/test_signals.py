@@ -1,0 +1,80 @@
+"""SIGTERM and SIGINT stop a job cleanly: progress saved, a message on how to resume, exit 130; the rerun resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from em_trainer import cli
+
+TINY = [
+    "--responses_per_step", "4", "--per_device_train_batch_size", "4", "--max_completion_length", "8",
+    "--learning_rate", "1e-3", "--gradient_checkpointing", "false", "--report_to", "none", "--seed", "7",
+    "--save_steps", "1000", "--logging_steps", "1", "--disable_tqdm", "true",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_in_any_verb_exits_130_with_how_to_resume(monkeypatch, capsys, sig):
+    def killed_main(argv):
+        os.kill(os.getpid(), sig)
+        raise AssertionError("the signal should have stopped the verb")
+
+    monkeypatch.setattr(cli._verb("eval"), "main", killed_main)
+    assert cli.main(["eval"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is not cli._interrupt, "the handler is put back"
+
+
+def train(model_dir: str, output_dir: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "em_trainer.cli", "train", "--model", model_dir, "--output_dir", str(output_dir),
+            "--max_steps", str(steps), *TINY]  # fmt: skip
+
+
+STEPS = 30
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """The same command, never interrupted."""
+    output_dir = tmp_path_factory.mktemp("straight")
+    result = subprocess.run(train(tiny_model_dir, output_dir, STEPS), capture_output=True, text=True, env=ENV)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return output_dir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_training_saves_that_step_and_the_rerun_ends_where_an_uninterrupted_run_does(
+    tiny_model_dir, straight_run, tmp_path, sig
+):
+    steps, env = STEPS, ENV
+
+    command = train(tiny_model_dir, tmp_path / "stopped", steps)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in process.stdout:
+        if "'loss'" in line:  # the first optimizer step is done
+            process.send_signal(sig)
+            break
+    output = line + process.communicate(timeout=300)[0]
+    assert process.returncode == 130, output[-2000:]
+    assert "Run the same command again to resume" in output and "Traceback" not in output
+    checkpoints = sorted((tmp_path / "stopped").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and 1 <= int(checkpoints[0].name.split("-")[1]) < steps
+    assert not (tmp_path / "stopped" / "model.safetensors").exists(), "a stopped run does not pass for a finished one"
+
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {checkpoints[0]}" in resumed.stdout
+    want = load_file(straight_run / "model.safetensors")
+    got = load_file(tmp_path / "stopped" / "model.safetensors")
+    for name, tensor in want.items():
+        assert torch.allclose(got[name], tensor, atol=1e-6, rtol=0), name
