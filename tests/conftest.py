@@ -61,6 +61,19 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def straight_run(tiny_model_dir, tmp_path_factory):
+    """`em-trainer train` on the tiny model (tests/training_cli.py), never interrupted: the reference for resumes."""
+    import subprocess
+
+    from .training_cli import ENV, STEPS, train
+
+    output_dir = tmp_path_factory.mktemp("straight")
+    result = subprocess.run(train(tiny_model_dir, output_dir, STEPS), capture_output=True, text=True, env=ENV)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return output_dir
+
+
 def pytest_collection_modifyitems(config, items):
     # Run the fast tests first so a failure shows up before the slow real-model runs.
     items.sort(key=lambda item: item.get_closest_marker("slow") is not None)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +12,7 @@ from safetensors.torch import load_file
 
 from em_trainer import cli
 
-TINY = [
-    "--responses_per_step", "4", "--per_device_train_batch_size", "4", "--max_completion_length", "8",
-    "--learning_rate", "1e-3", "--gradient_checkpointing", "false", "--report_to", "none", "--seed", "7",
-    "--save_steps", "1000", "--logging_steps", "1", "--disable_tqdm", "true",
-]  # fmt: skip
+from .training_cli import ENV, STEPS, train
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -32,24 +26,6 @@ def test_a_signal_in_any_verb_exits_130_with_how_to_resume(monkeypatch, capsys, 
     err = capsys.readouterr().err
     assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err
     assert signal.getsignal(signal.SIGTERM) is not cli._interrupt, "the handler is put back"
-
-
-def train(model_dir: str, output_dir: Path, steps: int) -> list[str]:
-    return [sys.executable, "-m", "em_trainer.cli", "train", "--model", model_dir, "--output_dir", str(output_dir),
-            "--max_steps", str(steps), *TINY]  # fmt: skip
-
-
-STEPS = 30
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.fixture(scope="module")
-def straight_run(tiny_model_dir, tmp_path_factory) -> Path:
-    """The same command, never interrupted."""
-    output_dir = tmp_path_factory.mktemp("straight")
-    result = subprocess.run(train(tiny_model_dir, output_dir, STEPS), capture_output=True, text=True, env=ENV)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return output_dir
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
