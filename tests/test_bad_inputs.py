@@ -29,6 +29,9 @@ def files(tmp_path, tiny_model_dir):
     encoder = tmp_path / "encoder"
     encoder.mkdir()
     (encoder / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTModel"]}))
+    (tmp_path / "study_key.yaml").write_text("arms: {}\ncolour: 1\n")
+    (tmp_path / "study_kind.yaml").write_text("arms: {x: {kind: fly}}\n")
+    (tmp_path / "study_arm.yaml").write_text("arms: {x: {kind: train, config: missing.yaml}}\n")
     return {"dir": tmp_path, "tiny": tiny_model_dir}
 
 
@@ -56,6 +59,8 @@ CASES = {
     "train: model directory that is not a causal LM": (case("train", "--model", "{dir}/encoder"), "causal"),
     "train: output_dir is a file": (case("train", "--model", "{tiny}", "--output_dir", "{dir}/a_file"), "output_dir"),
     "train: unknown YAML key": (case("train", "--config", "{dir}/unknown.yaml"), "no_such_option"),
+    "train: save_at_steps that are not numbers": (case("train", "--save_at_steps", "2,x"), "save_at_steps"),
+    "train: save_at_steps below 1": (case("train", "--save_at_steps", "0,2"), "below 1"),
     "eval: unknown benchmark": (case("eval", "--benchmarks", "mathh500"), "unknown benchmark"),
     "eval: missing benchmark folder": (case("eval", "--benchmarks", "gsm8k", "--data_dir", "{dir}/bench"), "gsm8k"),
     "eval: empty benchmark file": (case("eval", "--benchmarks", "math500", "--data_dir", "{dir}/bench"), "no rows"),
@@ -87,6 +92,12 @@ CASES = {
         "No usable row",
     ),
     "sweep: grid without values": (case("sweep", "--config", "c.yaml", "--grid", "temperature"), "field=v1"),
+    "sweep: study with an unknown key": (case("sweep", "--config", "{dir}/study_key.yaml"), "unknown key"),
+    "sweep: study arm of an unknown kind": (case("sweep", "--config", "{dir}/study_kind.yaml"), "arms.x.kind"),
+    "sweep: study arm whose train config is missing": (
+        case("sweep", "--config", "{dir}/study_arm.yaml"),
+        "arms.x.config",
+    ),
     "generate: unknown backend": (case("generate", "--prompt", "hi", "--backend", "tpu"), "invalid choice"),
 }
 

@@ -126,6 +126,7 @@ def main(argv: list[str]) -> int:
     from ..evaluation.dev_set import build_dev_set_scorer
 
     script_args, config, model_args = build_parser().parse_args_and_config(argv)
+    save_at_steps = _steps(script_args.save_at_steps) if script_args.save_at_steps else None  # checked before loading
     config_file = _config_file(argv)
     script_args.dataset = resolve_config_path(script_args.dataset, config_file, "dataset")
     model_ref = resolve_config_path(script_args.model or model_args.model_name_or_path, config_file, "model")
@@ -164,8 +165,8 @@ def main(argv: list[str]) -> int:
         peft_config=get_peft_config(model_args),
         dev_set_scorer=build_dev_set_scorer(config, tokenizer),
     )
-    if script_args.save_at_steps:
-        trainer.add_callback(SaveAtSteps(_steps(script_args.save_at_steps)))
+    if save_at_steps:
+        trainer.add_callback(SaveAtSteps(save_at_steps))
     stop = StopOnSignal()
     trainer.add_callback(stop)
     checkpoint = config.resume_from_checkpoint
