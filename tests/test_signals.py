@@ -22,7 +22,12 @@ def test_a_signal_in_any_verb_exits_130_with_how_to_resume(monkeypatch, capsys, 
         raise AssertionError("the signal should have stopped the verb")
 
     monkeypatch.setattr(cli._verb("eval"), "main", killed_main)
-    assert cli.main(["eval"]) == 130
+    # As in a terminal: a job started in the background (`cmd &`, nohup, some CI runners) inherits SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert cli.main(["eval"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err
     assert signal.getsignal(signal.SIGTERM) is not cli._interrupt, "the handler is put back"
