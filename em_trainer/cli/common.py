@@ -31,6 +31,16 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def config_file_arg(argv: list[str]) -> str | None:
+    """The value of ``--config`` in ``argv`` (``--config PATH`` or ``--config=PATH``), before any parsing."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def verb_parser(verb: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=f"em-trainer {verb}", description=description)
 

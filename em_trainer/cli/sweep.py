@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import add, verb_parser
+from .common import add, config_file_arg, verb_parser
 
 HELP = "train over seeds and a grid, evaluate each run, aggregate mean/std/min/max, plot"
 
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     from ..workflows.study import is_study_config
     from ..workflows.sweep import parse_grid, run_sweep, summary_table
 
-    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+    config = config_file_arg(argv)
     if config is not None and is_study_config(config):
         return run_study_config(argv)
     args, extra = build_parser().parse_known_args(argv)

@@ -57,15 +57,6 @@ def _steps(text: str) -> list[int]:
     return steps
 
 
-def _config_file(argv: list[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def _check_writable(output_dir: str) -> None:
     from ..core.config import EMConfigError
 
@@ -124,10 +115,11 @@ def main(argv: list[str]) -> int:
     from ..data.prompts import load_prompt_dataset
     from ..evaluation.analysis import fresh_sample_entropy
     from ..evaluation.dev_set import build_dev_set_scorer
+    from .common import config_file_arg
 
     script_args, config, model_args = build_parser().parse_args_and_config(argv)
     save_at_steps = _steps(script_args.save_at_steps) if script_args.save_at_steps else None  # checked before loading
-    config_file = _config_file(argv)
+    config_file = config_file_arg(argv)
     script_args.dataset = resolve_config_path(script_args.dataset, config_file, "dataset")
     model_ref = resolve_config_path(script_args.model or model_args.model_name_or_path, config_file, "model")
     model_path = resolve_model(model_ref)

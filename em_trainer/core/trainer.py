@@ -355,14 +355,14 @@ class EMTrainer(GRPOTrainer):
             self._shared_no_grad_state = "ok"
         return logps, entropies if compute_entropy else None, None
 
-    def _shared_no_grad(self, model, input_ids, attention_mask, prompt_length: int, batch_size: int | None):
+    def _without_checkpointing(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """A context in which ``model`` runs without gradient checkpointing (the shared prompt's pass)."""
         unwrapped = self.accelerator.unwrap_model(model)
+        if getattr(unwrapped, "is_gradient_checkpointing", False):
+            return disable_gradient_checkpointing(unwrapped, self.args.gradient_checkpointing_kwargs)
+        return contextlib.nullcontext()
 
-        def without_checkpointing():
-            if getattr(unwrapped, "is_gradient_checkpointing", False):
-                return disable_gradient_checkpointing(unwrapped, self.args.gradient_checkpointing_kwargs)
-            return contextlib.nullcontext()
-
+    def _shared_no_grad(self, model, input_ids, attention_mask, prompt_length: int, batch_size: int | None):
         batch_size = batch_size or input_ids.size(0)
         logps, entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
@@ -374,7 +374,7 @@ class EMTrainer(GRPOTrainer):
                 input_ids[rows, prompt_length:],
                 attention_mask[rows, prompt_length:],
                 self.accelerator.autocast,
-                without_checkpointing,
+                functools.partial(self._without_checkpointing, model),
             )
             logps.append(chunk[0])
             entropies.append(chunk[1])
@@ -451,9 +451,6 @@ class EMTrainer(GRPOTrainer):
             )
 
     def _shared_logps_and_entropies(self, model: torch.nn.Module, inputs: dict[str, Any]):
-        def without_checkpointing():
-            return disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
-
         with score_generated_positions_only():
             logps, entropies = shared_prompt_logps_and_entropies(
                 model,
@@ -462,7 +459,7 @@ class EMTrainer(GRPOTrainer):
                 inputs["completion_ids"],
                 inputs["completion_mask"],
                 self.accelerator.autocast,
-                without_checkpointing,
+                functools.partial(self._without_checkpointing, model),
             )
         return logps, entropies, None
 

@@ -110,12 +110,11 @@ def load_study(path: str | Path, quick: bool = False, output_dir: str | None = N
     seeds = int(raw.get("seeds", 8))
     if seeds < 1 or raw.get("test_size", 1) < 1 or raw.get("pool_size", 1) < 1:
         raise StudyError("seeds, test_size and pool_size must be at least 1.")
+    output = Path(output_dir or raw.get("output_dir", "outputs/study"))
     return Study(
         config_path=path,
-        output_dir=Path(output_dir or raw.get("output_dir", "outputs/study")),
-        results_file=Path(
-            raw.get("results_file", Path(output_dir or raw.get("output_dir", "outputs/study")) / "results.json")
-        ),
+        output_dir=output,
+        results_file=Path(raw.get("results_file", output / "results.json")),
         model=raw.get("model", "smollm2-135m-instruct"),
         seeds=seeds,
         steps=steps,
