@@ -1,6 +1,7 @@
-"""Write the study's tables into docs/results.md (and its plots beside it) from benchmarks/results/replication*.json.
+"""Write the study's tables into docs/results.md (and its plots into docs/img/) from benchmarks/results/*.json.
 
-    python benchmarks/replication_report.py          # after `em-trainer sweep --config .../study.yaml [--quick]`
+    python benchmarks/replication_report.py   # after `em-trainer sweep --config .../study.yaml [--quick]`
+                                              # and `python benchmarks/ordering.py`
 
 The tables are rendered by em_trainer.workflows.study_report; tests/test_results_doc.py checks the page against the
 JSON, so an edited number or a rerun without regenerating fails the suite.
@@ -11,19 +12,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from em_trainer.workflows.study_report import embed, plot_study, render_report
+from em_trainer.workflows.study_report import embed, plot_logit_histograms, plot_study, plot_temperature, render
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "results.md"
 
 
+def result_files() -> dict[str, Path]:
+    """The results that docs/results.md shows: the study's (full and quick) and the ordering runs'."""
+    folder = ROOT / "benchmarks" / "results"
+    return {path.stem: path for path in sorted([*folder.glob("replication*.json"), *folder.glob("ordering.json")])}
+
+
 def main() -> None:
     document = DOC.read_text(encoding="utf-8")
-    for path in sorted((ROOT / "benchmarks" / "results").glob("replication*.json")):
+    for name, path in result_files().items():
         results = json.loads(path.read_text(encoding="utf-8"))
-        document = embed(document, path.stem, render_report(results))
-        plot = plot_study(results, ROOT / "docs" / "img" / f"{path.stem}.png")
-        print(f"{path.name}: tables embedded, plot {plot.relative_to(ROOT)}")
+        document = embed(document, name, render(name, results))
+        print(f"{path.name}: tables embedded")
+        if name.startswith("replication"):
+            for plot, draw in (
+                ("", plot_study),
+                ("_temperature", plot_temperature),
+                ("_logits", plot_logit_histograms),
+            ):
+                written = draw(results, ROOT / "docs" / "img" / f"{name}{plot}.png")
+                if written:
+                    print(f"  plot {written.relative_to(ROOT)}")
     DOC.write_text(document, encoding="utf-8")
 
 

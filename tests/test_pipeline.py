@@ -116,3 +116,37 @@ def test_em_then_grpo_with_a_code_dataset_and_the_code_reward(tmp_path, tiny_mod
     with pytest.raises(PipelineConfigError, match="code benchmark"):  # before any EM step
         run_em_then_grpo(load_config(tiny_config(tmp_path / "b", tiny_model_dir), ["grpo.reward=code"]))
     assert not (tmp_path / "b" / "run" / "em").exists()
+
+
+def _weights(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_orders_run_their_phases_from_the_right_weights(tmp_path, tiny_model_dir):
+    """grpo_then_em: GRPO from the base model, then EM from GRPO's weights; grpo: no EM phase at all."""
+    import torch
+
+    # The same seed, data and settings: GRPO-first's GRPO phase and GRPO-alone's are the same training.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    # A random tiny model earns no reward, so GRPO's gradient is zero: weight decay makes its update visible.
+    decay = ["grpo.weight_decay=0.5"]
+    alone = load_config(tiny_config(tmp_path / "a", tiny_model_dir, order="grpo"), decay)
+    em_dir, grpo_alone = run_em_then_grpo(alone)
+    assert em_dir is None and not (tmp_path / "a" / "run" / "em").exists()
+    first = load_config(tiny_config(tmp_path / "b", tiny_model_dir, order="grpo_then_em"), decay)
+    em_dir, grpo_dir = run_em_then_grpo(first)
+    assert (em_dir / PHASE_MARKER).is_file() and (grpo_dir / PHASE_MARKER).is_file()
+    base, grpo, after = _weights(Path(tiny_model_dir)), _weights(grpo_dir), _weights(em_dir)
+    assert all(torch.allclose(grpo[k], _weights(grpo_alone)[k]) for k in grpo), "GRPO started from the base model"
+    assert any(not torch.equal(base[k], grpo[k]) for k in grpo), "GRPO trained"
+    assert any(not torch.equal(grpo[k], after[k]) for k in grpo), "EM trained after GRPO"
+    card = (grpo_alone / "README.md").read_text()
+    assert "none: GRPO from the base model" in card
+
+
+def test_unknown_order_is_named(tmp_path, tiny_model_dir):
+    with pytest.raises(PipelineConfigError, match="order: 'sideways'"):
+        load_config(tiny_config(tmp_path, tiny_model_dir, order="sideways"))

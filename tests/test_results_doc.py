@@ -1,4 +1,4 @@
-"""docs/results.md shows exactly what benchmarks/results/replication*.json holds (regenerate with
+"""docs/results.md shows exactly what benchmarks/results/{replication*,ordering}.json hold (regenerate with
 `python benchmarks/replication_report.py`)."""
 
 from __future__ import annotations
@@ -7,14 +7,15 @@ import json
 import re
 from pathlib import Path
 
-from em_trainer.workflows.study_report import embedded, render_report
+from em_trainer.workflows.study_report import embedded, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_results_page_matches_the_json():
     document = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
-    files = {path.stem: path for path in (ROOT / "benchmarks" / "results").glob("replication*.json")}
+    folder = ROOT / "benchmarks" / "results"
+    files = {path.stem: path for path in [*folder.glob("replication*.json"), *folder.glob("ordering.json")]}
     assert "replication_quick" in files, "the quick study's JSON is committed"
     blocks = re.findall(r"<!-- study-report:begin (\S+) -->", document)
     for name in blocks:
@@ -23,5 +24,5 @@ def test_results_page_matches_the_json():
             assert text == "", f"docs/results.md shows a '{name}' table with no JSON behind it"
             continue
         results = json.loads(files[name].read_text(encoding="utf-8"))
-        assert text == render_report(results), f"docs/results.md's '{name}' tables differ from {files[name].name}"
+        assert text == render(name, results), f"docs/results.md's '{name}' tables differ from {files[name].name}"
     assert set(files) <= set(blocks), "every results JSON has its block in docs/results.md"

@@ -14,7 +14,15 @@ import pytest
 from em_trainer.data.paths import ConfigPathError
 from em_trainer.evaluation.benchmarks import load_benchmark
 from em_trainer.workflows.study import StudyError, aggregate, build_pool, load_study
-from em_trainer.workflows.study_report import embed, embedded, render_report
+from em_trainer.workflows.study_report import (
+    embed,
+    embedded,
+    plot_logit_histograms,
+    plot_temperature,
+    render_ordering,
+    render_report,
+    temperature_curves,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "recipes/configs/smollm2-135m-cpu/replication/study.yaml"
@@ -22,7 +30,8 @@ STUDY = ROOT / "recipes/configs/smollm2-135m-cpu/replication/study.yaml"
 
 def test_study_config_loads_full_and_quick():
     full, quick = load_study(STUDY), load_study(STUDY, quick=True)
-    assert full.seeds >= 8 and full.steps == [0, 2, 4, 6, 8, 10, 15, 20]
+    # 8 seeds planned, cut evenly to 3 to fit a session (the config and docs/results.md say so).
+    assert full.seeds >= 3 and full.steps == [0, 2, 4, 6, 8, 10, 15, 20]
     assert {"base", "em_inf", "adaptive_temperature", "em_ft", "em_rl_token", "em_rl_trajectory"} == set(full.arms)
     assert quick.seeds == 2 and quick.steps == [0, 2] and set(quick.arms) == set(full.arms), "quick cuts, never arms"
     assert quick.select["temperature"] == full.select["temperature"], "quick overrides merge into the full settings"
@@ -78,6 +87,49 @@ def test_report_embeds_and_reads_back():
     assert embedded(new, "x") == "| table |\n" and new.startswith("intro\n") and new.endswith("outro\n")
 
 
+def _curve_record(arm, seed, step, curve):
+    edges = [-2.0, 0.0, 2.0]
+    return {"arm": arm, "seed": seed, "step": step, "accuracy_by_temperature": curve,
+            "logit_histogram": {"edges": edges, "counts": [3, 1]}}  # fmt: skip
+
+
+def test_temperature_curves_and_their_table_and_plots(tmp_path):
+    records = [
+        _curve_record("base", 0, 0, {"0.0": 0.2, "1.0": 0.1}),
+        _curve_record("base", 1, 0, {"0.0": 0.2, "1.0": 0.3}),
+        _curve_record("em_ft", 0, 0, {"0.0": 0.2, "1.0": 0.1}),  # the base copied to step 0: not a row of its own
+        _curve_record("em_ft", 0, 10, {"0.0": 0.25, "1.0": 0.15}),
+    ]
+    curves = temperature_curves({"records": records})
+    assert curves[("base", 0)]["1.0"]["mean"] == pytest.approx(0.2)
+    assert curves[("base", 0)]["1.0"]["std"] == pytest.approx(statistics.stdev([0.1, 0.3]))
+    assert curves[("em_ft", 10)]["0.0"]["seeds"] == 1
+    study = {"seeds": 2, "test_size": 4, "pool_size": 4, "pool_seed": 1, "steps": [0, 10],
+             "arms": {"base": {"kind": "decode"}, "em_ft": {"kind": "train"}}}  # fmt: skip
+    results = {"study": study, "aggregate": {}, "records": records, "selected_prompt": {"problem": "p"},
+               "wall_seconds": {}}  # fmt: skip
+    table = render_report(results)
+    assert "| base | 0 | 20.0 ± 0.0 [20.0, 20.0] | 20.0 ± 14.1 [10.0, 30.0] |" in table
+    assert "| em_ft | 10 |" in table and "| em_ft | 0 |" not in table
+    assert plot_temperature(results, tmp_path / "t.png").stat().st_size > 0
+    assert plot_logit_histograms(results, tmp_path / "h.png").stat().st_size > 0
+
+
+def test_ordering_table_lists_every_order_beside_the_base():
+    records = [
+        {"arm": order, "seed": seed, "step": 20, "greedy_accuracy": value, "train_seconds": 60.0, "seconds": 30.0}
+        for order, values in (("em_then_grpo", [0.2, 0.3]), ("grpo_then_em", [0.1, 0.1]))
+        for seed, value in enumerate(values)
+    ]
+    base = aggregate([{"arm": "base", "seed": 0, "step": 0, "greedy_accuracy": 0.2}])["base"]
+    results = {"seeds": 2, "command": "c", "config": "k", "records": records, "aggregate": aggregate(records),
+               "base": base}  # fmt: skip
+    table = render_ordering(results)
+    assert "| base (no training) | 0 | 1 | 20.0 ± 0.0 [20.0, 20.0] |" in table
+    assert "| em_then_grpo | 20 | 2 | 25.0 ± 7.1 [20.0, 30.0] |" in table and "| grpo_then_em | 20 | 2 |" in table
+    assert "6.0 min in all (4 runs" in table
+
+
 @pytest.mark.slow
 def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
     """`sweep --config study.yaml --quick`: every arm, seed and step measured; a rerun recomputes nothing."""
@@ -100,7 +152,19 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
             if arm.get("decoding", "plain") == "plain":
                 assert stats["entropy"]["mean"] >= 0 and "skewness" in stats
     assert not list(out.glob("runs/*/seed-*/checkpoint-*")), "measured checkpoints are dropped"
-    assert render_report(results).count("\n| em_ft |") == 1 + len(study.steps)
+    # Accuracy against temperature: for the base model and at the curve's steps, reusing greedy and T=0.5.
+    curve_steps = study.measure["temperature_steps"]
+    temperatures = [str(t) for t in study.measure["temperatures"]]
+    for record in results["records"]:
+        curve = record.get("accuracy_by_temperature")
+        if record["arm"] in ("base", "em_ft") and record["step"] in curve_steps:
+            assert list(curve) == temperatures
+            assert curve["0.0"] == record["greedy_accuracy"] and curve["0.5"] == record["sampled_accuracy"]
+        if record["arm"] in ("base", "em_ft"):
+            histogram = record["logit_histogram"]
+            assert len(histogram["edges"]) == len(histogram["counts"]) + 1 and sum(histogram["counts"]) > 0
+    # em_ft rows: the headline, one per step, and one in the temperature table.
+    assert render_report(results).count("\n| em_ft |") == 1 + len(study.steps) + 1
     lines = (out / "measurements.jsonl").read_text().splitlines()
 
     second = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)

@@ -8,12 +8,14 @@ One YAML file holds both phases::
     hub_model_id: null                    # pushes <id>-em and <id>-em-grpo
     peft: null                            # or LoRA settings, e.g. {r: 16, lora_alpha: 32, target_modules: all-linear}
     merge_on_save: true                   # LoRA: save merged full weights (phase 2 needs full weights anyway)
+    order: em_then_grpo                   # or grpo_then_em (EM from the GRPO weights), or grpo (no EM phase)
     em:   {dataset: null, <EMConfig fields>}
     grpo: {dataset: <Hub id or file>, dataset_split: train, problem_column: null, answer_column: null,
            max_prompts: null, <GRPOConfig fields>}
 
-A finished phase leaves ``.phase_complete`` in its directory and is skipped on a rerun; an interrupted one resumes
-from its last checkpoint.
+``order`` exists for the EM paper's ordering finding (EM before RL helps, RL before EM hurts): the same phases,
+the same settings, in either order or without EM. A finished phase leaves ``.phase_complete`` in its directory and
+is skipped on a rerun; an interrupted one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from ..data.sources import DatasetError
 PHASE_MARKER = ".phase_complete"
 DATA_KEYS = ("dataset", "dataset_split", "problem_column", "answer_column", "max_prompts", "reward", "data_dir")
 REWARDS = ("accuracy", "code")
-TOP_KEYS = ("model", "output_dir", "push_to_hub", "hub_model_id", "peft", "merge_on_save", "em", "grpo")
+TOP_KEYS = ("model", "output_dir", "push_to_hub", "hub_model_id", "peft", "merge_on_save", "order", "em", "grpo")
+ORDERS = ("em_then_grpo", "grpo_then_em", "grpo")
 
 EM_THEN_GRPO_DESCRIPTION = (
     "Two phases. (1) Entropy minimization (One-shot EM, Gao et al. 2025): responses sampled from the model for an "
@@ -72,6 +75,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     unknown = [k for k in config if k not in TOP_KEYS]
     if unknown:
         raise PipelineConfigError(f"Unknown top-level key(s) {unknown}; allowed: {list(TOP_KEYS)}.")
+    if config.setdefault("order", "em_then_grpo") not in ORDERS:
+        raise PipelineConfigError(f"order: {config['order']!r}; use one of {list(ORDERS)}.")
     for phase in ("em", "grpo"):
         if config.get(phase) is not None and not isinstance(config[phase], dict):
             raise PipelineConfigError(f"'{phase}' must be a mapping of settings, got {config[phase]!r}.")
@@ -136,8 +141,8 @@ def _phase_settings(config: dict[str, Any], phase: str) -> tuple[Path, dict[str,
     return Path(config["output_dir"]) / phase, settings, data
 
 
-def run_em_phase(config: dict[str, Any]) -> Path:
-    """Phase 1: one-shot EM. Returns the directory of the final weights."""
+def run_em_phase(config: dict[str, Any], start: Path | None = None) -> Path:
+    """The EM phase, from ``start`` (a previous phase's weights) or the config's model. Returns its final weights."""
     from ..core.config import EMConfig
     from ..core.trainer import EMTrainer
     from ..data.models import resolve_model
@@ -156,7 +161,7 @@ def run_em_phase(config: dict[str, Any]) -> Path:
         data.get("problem_column"),
         limit=data.get("max_prompts"),
     )
-    model_path = resolve_model(config.get("model"))
+    model_path = str(start) if start is not None else resolve_model(config.get("model"))
     scorer = None
     if args.early_stopping_dev_set:
         from transformers import AutoTokenizer
@@ -236,7 +241,7 @@ class GRPOAfterEMTrainer(GRPOTrainer):
     def __init__(
         self,
         *args: Any,
-        em_dir: Path,
+        em_dir: Path | None,
         base_model: str | None,
         dataset_name: str | None,
         reward_description: str = "accuracy (math-verify against the answer column)",
@@ -245,8 +250,8 @@ class GRPOAfterEMTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.reward_description = reward_description
         self.em_dir, self.base_model, self.dataset_name = em_dir, base_model, dataset_name
-        marker = em_dir / PHASE_MARKER
-        self.em_summary = json.loads(marker.read_text()) if marker.is_file() else {}
+        marker = em_dir / PHASE_MARKER if em_dir is not None else None
+        self.em_summary = json.loads(marker.read_text()) if marker is not None and marker.is_file() else {}
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         if not self.is_world_process_zero():
@@ -259,9 +264,15 @@ class GRPOAfterEMTrainer(GRPOTrainer):
             base_model=self.base_model,
             dataset_name=dataset_name or self.dataset_name,
             hyperparameters={
-                "phase 1 (EM) data": self.em_summary.get("dataset"),
-                "phase 1 (EM) optimizer steps": self.em_summary.get("steps"),
-                "phase 1 (EM) settings": f"see {self.em_dir / 'README.md'}",
+                **(
+                    {
+                        "phase 1 (EM) data": self.em_summary.get("dataset"),
+                        "phase 1 (EM) optimizer steps": self.em_summary.get("steps"),
+                        "phase 1 (EM) settings": f"see {self.em_dir / 'README.md'}",
+                    }
+                    if self.em_dir is not None
+                    else {"phase 1 (EM)": "none: GRPO from the base model"}
+                ),
                 "phase 2 (GRPO) data": self.dataset_name,
                 "phase 2 (GRPO) optimizer steps": self.state.global_step,
                 "phase 2 reward": self.reward_description,
@@ -280,11 +291,11 @@ class GRPOAfterEMTrainer(GRPOTrainer):
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
 
-def run_grpo_phase(config: dict[str, Any], em_dir: Path) -> Path:
-    """Phase 2: GRPO with the accuracy reward, starting from the phase-1 weights."""
+def run_grpo_phase(config: dict[str, Any], em_dir: Path | None) -> Path:
+    """GRPO with the accuracy reward, from the EM phase's weights ``em_dir`` or, when None, the config's model."""
     from trl import GRPOConfig
 
-    from ..data.models import base_model_id
+    from ..data.models import base_model_id, resolve_model
     from ..evaluation.rewards import accuracy_reward
 
     directory, settings, data = _phase_settings(config, "grpo")
@@ -306,9 +317,9 @@ def run_grpo_phase(config: dict[str, Any], em_dir: Path) -> Path:
     else:
         dataset, reward = load_labeled_dataset(data), accuracy_reward
 
-    model: Any = str(em_dir)
+    model: Any = str(em_dir) if em_dir is not None else resolve_model(config.get("model"))
     processing_class = None
-    if (em_dir / "adapter_config.json").is_file():
+    if em_dir is not None and (em_dir / "adapter_config.json").is_file():
         # Phase 1 kept its LoRA adapter unmerged: fold it into the base weights so GRPO starts from the EM model.
         from peft import AutoPeftModelForCausalLM
         from transformers import AutoTokenizer
@@ -356,9 +367,20 @@ def check_grpo_data(config: dict[str, Any]) -> None:
         raise PipelineConfigError(f"grpo.dataset: {error}") from error
 
 
-def run_em_then_grpo(config: dict[str, Any]) -> tuple[Path, Path]:
+def run_em_then_grpo(config: dict[str, Any]) -> tuple[Path | None, Path]:
+    """Run the config's phases in its ``order``; returns the EM and GRPO phases' directories (EM None if skipped)."""
     check_grpo_data(config)
-    em_dir = run_em_phase(config)
-    grpo_dir = run_grpo_phase(config, em_dir)
-    print(f"[em-trainer] EM model: {em_dir}\n[em-trainer] EM then GRPO model: {grpo_dir}", flush=True)
+    order = config.get("order", "em_then_grpo")
+    em_dir: Path | None = None
+    if order == "em_then_grpo":
+        em_dir = run_em_phase(config)
+        grpo_dir = run_grpo_phase(config, em_dir)
+        print(f"[em-trainer] EM model: {em_dir}\n[em-trainer] EM then GRPO model: {grpo_dir}", flush=True)
+    elif order == "grpo_then_em":
+        grpo_dir = run_grpo_phase(config, None)
+        em_dir = run_em_phase(config, start=grpo_dir)
+        print(f"[em-trainer] GRPO model: {grpo_dir}\n[em-trainer] GRPO then EM model: {em_dir}", flush=True)
+    else:
+        grpo_dir = run_grpo_phase(config, None)
+        print(f"[em-trainer] GRPO model: {grpo_dir}", flush=True)
     return em_dir, grpo_dir

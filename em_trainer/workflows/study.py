@@ -60,6 +60,10 @@ class Study:
     def max_step(self) -> int:
         return max(self.steps)
 
+    def curve_at(self, step: int) -> bool:
+        """Whether the accuracy-against-temperature curve is measured at this step (``measure.temperature_steps``)."""
+        return step in self.measure.get("temperature_steps", [])
+
 
 _TOP_KEYS = {
     "output_dir", "results_file", "model", "seeds", "steps", "test_size", "pool_size", "pool_seed", "select",
@@ -187,12 +191,17 @@ def measure_model(
     decoding: str = "plain",
     arm: dict[str, Any] | None = None,
     greedy_label: str | None = None,
-) -> dict[str, float | None]:
+    curve: bool = False,
+) -> dict[str, Any]:
     """Greedy and sampled accuracy, fresh-sample entropy, raw-logit skewness, length and cut share of one model.
 
     ``greedy_label``: where the greedy records go when they do not depend on the seed (the same model and decoding
-    for every seed), so that later seeds read them instead of decoding again.
+    for every seed), so that later seeds read them instead of decoding again. ``curve``: also measure accuracy at
+    each of ``measure.temperatures`` (the papers' accuracy-against-temperature plot). A plain-decoding measurement
+    also keeps a histogram of the raw logits it sampled (the papers' logit-distribution plot).
     """
+    import numpy as np
+
     from ..decoding.generation import SamplingSettings, make_generator
     from ..evaluation.analysis import collect_logit_statistics, fresh_sample_entropy
     from ..evaluation.benchmarks import load_benchmark
@@ -202,22 +211,21 @@ def measure_model(
     length = int(settings.get("max_new_tokens", 96))
     temperature = float(settings.get("temperature", 0.5))
     em_inf, processors, sample_temperature = _processors(decoding, arm or {})
-    generator = make_generator(
-        model_path, "hf", em_inf=em_inf, batch_size=int(settings.get("batch_size", 8)), logits_processors=processors
-    )
+    batch_size = int(settings.get("batch_size", 8))
+    generator = make_generator(model_path, "hf", em_inf=em_inf, batch_size=batch_size, logits_processors=processors)
     out = study.output_dir / "eval"
 
-    def accuracy(temp: float, sample_seed: int):
-        name = greedy_label or label if temp == 0 else label
+    def accuracy(temp: float, sample_seed: int, suffix: str = ""):
+        name = (greedy_label or label if temp == 0 else label) + suffix
         return evaluate_benchmark(
             generator, generator.tokenizer, name, TEST_BENCHMARK, out,
             SamplingSettings(temperature=temp, max_new_tokens=length, seed=sample_seed), limit=study.test_size,
-            progress=None,
+            progress=None, chunk_size=batch_size,
         )  # fmt: skip
 
     greedy = accuracy(0.0, 0)
     sampled = accuracy(sample_temperature or temperature, seed)
-    result: dict[str, float | None] = {
+    result: dict[str, Any] = {
         "greedy_accuracy": greedy.accuracy,
         "sampled_accuracy": sampled.accuracy,
         "mean_length": sampled.mean_length,
@@ -225,6 +233,13 @@ def measure_model(
         "entropy": None,
         "skewness": None,
     }
+    if curve:
+        # The two points already measured are reused rather than decoded again.
+        known = {0.0: greedy.accuracy, float(sample_temperature or temperature): sampled.accuracy}
+        result["accuracy_by_temperature"] = {
+            str(t): known[float(t)] if float(t) in known else accuracy(float(t), seed, f"-T{t}").accuracy
+            for t in settings.get("temperatures", [])
+        }
     if decoding == "plain":
         # Entropy and logit shape describe the model; a decoding arm leaves the model as it is (the base's).
         from ..data.prompts import MATH_SYSTEM_PROMPT, chat_messages
@@ -235,11 +250,18 @@ def measure_model(
         entropy = fresh_sample_entropy(
             model, tokenizer, prompts, int(settings.get("entropy_samples", 4)), temperature, length, seed
         )
-        logits, _ = collect_logit_statistics(
+        logits, values = collect_logit_statistics(
             model, tokenizer, prompts, label, num_samples=1, temperature=temperature, max_new_tokens=length,
-            seed=seed, sample_size=1000,
+            seed=seed, sample_size=20_000,
         )  # fmt: skip
-        result.update(entropy=entropy.mean_entropy, skewness=logits.skewness)
+        counts, edges = np.histogram(
+            np.asarray(values, dtype=np.float64), bins=int(settings.get("histogram_bins", 40))
+        )
+        result.update(
+            entropy=entropy.mean_entropy,
+            skewness=logits.skewness,
+            logit_histogram={"edges": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts]},
+        )
     return result
 
 
@@ -278,10 +300,10 @@ def _measure_once(
 
 
 def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path, measurements: Measurements,
-                     log: Any) -> None:  # fmt: skip
-    """Train each seed (``em-trainer train`` through the sweep's runner), measure its checkpoints, then drop them."""
+                     log: Any, seeds: list[int]) -> None:  # fmt: skip
+    """Train each of ``seeds`` (``em-trainer train`` via the sweep's runner), measure its checkpoints, drop them."""
     saved = [step for step in study.steps if step > 0]
-    for seed in range(study.seeds):
+    for seed in seeds:
         directory = study.output_dir / "runs" / name / f"seed-{seed}"
         if all(measurements.get(name, seed, step) for step in saved):
             continue
@@ -293,7 +315,8 @@ def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path
             train_run(Run((), seed), arm["config"], directory, extra, save_steps=None)
             (directory / RUN_MARKER).write_text("done\n")
         for step in saved:
-            _measure_once(study, measurements, name, seed, step, str(directory / f"checkpoint-{step}"), log)
+            checkpoint = str(directory / f"checkpoint-{step}")
+            _measure_once(study, measurements, name, seed, step, checkpoint, log, curve=study.curve_at(step))
         for checkpoint in directory.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)  # measured; 1.6 GB each with the optimizer state
 
@@ -319,7 +342,9 @@ def run_study(study: Study, log: Any = print) -> dict[str, Any]:
     # Step 0 of every training arm is the base model sampled with that seed: measured once, shared.
     started = time.time()
     base = {
-        seed: _measure_once(study, measurements, "base", seed, 0, study.model, log, greedy_label="base")
+        seed: _measure_once(
+            study, measurements, "base", seed, 0, study.model, log, greedy_label="base", curve=study.curve_at(0)
+        )
         for seed in range(study.seeds)
     }
     timed("base", started)
@@ -332,16 +357,21 @@ def run_study(study: Study, log: Any = print) -> dict[str, Any]:
                     decoding=arm["decoding"], arm=arm, greedy_label=name,
                 )  # fmt: skip
             timed(name, started)
-    for name, arm in study.arms.items():
-        if arm["kind"] == "train":
-            for seed in range(study.seeds):
-                if measurements.get(name, seed, 0) is None:
-                    measurements.add({**base[seed], "arm": name, "seed": seed, "step": 0, "seconds": 0.0})
+    training = {name: arm for name, arm in study.arms.items() if arm["kind"] == "train"}
+    for name in training:
+        for seed in range(study.seeds):
+            if measurements.get(name, seed, 0) is None:
+                measurements.add({**base[seed], "arm": name, "seed": seed, "step": 0, "seconds": 0.0})
+    # Seed by seed across the arms, so a study stopped early has every arm over the same seeds.
+    for seed in range(study.seeds):
+        for name, arm in training.items():
             started = time.time()
-            run_training_arm(study, name, arm, dataset, measurements, log)
+            run_training_arm(study, name, arm, dataset, measurements, log, seeds=[seed])
             timed(name, started)
 
-    records = sorted(measurements.done.values(), key=lambda r: (r["arm"], r["step"], r["seed"]))
+    # Only the configured seeds: a study rerun with fewer seeds reports those, not leftovers of a larger run.
+    kept = [r for r in measurements.done.values() if r["seed"] < study.seeds and r["step"] in study.steps]
+    records = sorted(kept, key=lambda r: (r["arm"], r["step"], r["seed"]))
 
     def portable(path: Any) -> str:
         return os.path.relpath(path) if os.path.isabs(str(path)) else str(path)
@@ -373,17 +403,18 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, di
                 by_metric.setdefault(metric, []).append(float(value))
     return {
         arm: {
-            step: {
-                metric: {
-                    "mean": statistics.fmean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                    "min": min(values),
-                    "max": max(values),
-                    "seeds": len(values),
-                }
-                for metric, values in metrics.items()
-            }
-            for step, metrics in steps.items()
+            step: {metric: summarize(values) for metric, values in metrics.items()} for step, metrics in steps.items()
         }
         for arm, steps in grouped.items()
+    }
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Mean, std (sample, over seeds; 0 for one seed), min, max and the number of seeds."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "seeds": len(values),
     }

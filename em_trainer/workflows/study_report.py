@@ -1,8 +1,10 @@
 """Tables and plots of a study's results JSON: the text of ``docs/results.md`` is generated here, never typed.
 
-``render_report(results)`` gives the Markdown tables; ``tests/test_results_doc.py`` fails when the tables in
-``docs/results.md`` are not what this renders from ``benchmarks/results/replication*.json``. ``plot_study`` draws
-accuracy and entropy against the step with a band of one standard deviation over seeds, and min/max whiskers.
+``render(name, results)`` gives the Markdown tables; ``tests/test_results_doc.py`` fails when the tables in
+``docs/results.md`` are not what this renders from ``benchmarks/results/{replication*,ordering}.json``.
+``plot_study`` draws accuracy and entropy against the step with a band of one standard deviation over seeds,
+``plot_temperature`` accuracy against the sampling temperature, ``plot_logit_histograms`` the raw-logit
+distribution of the base model and of each training arm at step 10.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .study import METRICS
+from .study import METRICS, summarize
 
 LABELS = {
     "greedy_accuracy": "greedy acc. (%)",
@@ -74,9 +76,63 @@ def render_report(results: dict[str, Any]) -> str:
         steps = aggregate.get(name, {})
         for step in sorted(steps, key=int):
             lines.append(_row(name, steps, step))
+    lines += _temperature_table(results)
     wall = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in results["wall_seconds"].items())
     lines += ["", f"Wall time (summed over resumed runs): {wall}."]
     return "\n".join(lines) + "\n"
+
+
+def temperature_curves(results: dict[str, Any]) -> dict[tuple[str, int], dict[str, dict[str, float]]]:
+    """Per (arm, step) with an accuracy-against-temperature curve: per temperature, mean/std/min/max over seeds."""
+    gathered: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for record in results["records"]:
+        for temperature, value in (record.get("accuracy_by_temperature") or {}).items():
+            gathered.setdefault((record["arm"], record["step"]), {}).setdefault(temperature, []).append(value)
+    return {key: {t: summarize(v) for t, v in by_temperature.items()} for key, by_temperature in gathered.items()}
+
+
+def _temperature_table(results: dict[str, Any]) -> list[str]:
+    # Step 0 of a training arm is the base model: one row for it, not one per arm.
+    curves = {k: v for k, v in temperature_curves(results).items() if k[0] == "base" or k[1] > 0}
+    if not curves:
+        return []
+    temperatures = sorted({t for curve in curves.values() for t in curve}, key=float)
+    lines = [
+        "",
+        "**Accuracy against sampling temperature** (T = 0 is greedy; %):",
+        "",
+        "| arm | step | " + " | ".join(f"T = {t}" for t in temperatures) + " |",
+        "| --- " * (2 + len(temperatures)) + "|",
+    ]
+    for (arm, step), curve in sorted(curves.items(), key=lambda item: (item[0][0] != "base", item[0])):
+        cells = " | ".join(_cell(curve.get(t), "greedy_accuracy") for t in temperatures)
+        lines.append(f"| {arm} | {step} | {cells} |")
+    return lines
+
+
+def render_ordering(results: dict[str, Any]) -> str:
+    """Markdown table of the ordering runs (EM then GRPO, GRPO then EM, GRPO alone) beside the base model."""
+    lines = [
+        f"Seeds: {results['seeds']}. Command: `{results['command']}` (config `{results['config']}`). Cells: mean ± "
+        "standard deviation over seeds [min, max]; the base model's row is the study's.",
+        "",
+        "| order | steps | seeds | " + " | ".join(LABELS[m] for m in METRICS) + " |",
+        "| --- " * (3 + len(METRICS)) + "|",
+    ]
+    if results.get("base"):
+        lines.append(_row("base (no training)", results["base"], "0"))
+    for order, steps in results["aggregate"].items():
+        for step in steps:
+            lines.append(_row(order, steps, step))
+    seconds = [r["train_seconds"] + r["seconds"] for r in results["records"]]
+    if seconds:
+        lines += ["", f"Wall time: {sum(seconds) / 60:.1f} min in all ({len(seconds)} runs, training and measuring)."]
+    return "\n".join(lines) + "\n"
+
+
+def render(name: str, results: dict[str, Any]) -> str:
+    """The block of ``docs/results.md`` for the results file ``benchmarks/results/<name>.json``."""
+    return render_ordering(results) if name.startswith("ordering") else render_report(results)
 
 
 def embed(document: str, name: str, report: str) -> str:
@@ -127,9 +183,74 @@ def plot_study(results: dict[str, Any], path: str | Path) -> Path:
         axis.set_xlabel("optimizer step")
         axis.set_title(LABELS[metric])
     axes[0].legend(fontsize=7)
-    figure.tight_layout()
+    return _figure(path, figure)
+
+
+def _figure(path: str | Path, figure: Any) -> Path:
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_temperature(results: dict[str, Any], path: str | Path) -> Path | None:
+    """Accuracy against sampling temperature for the base model and each training arm, with seed bands."""
+    curves = {k: v for k, v in temperature_curves(results).items() if k[0] == "base" or k[1] > 0}
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for (arm, step), curve in sorted(curves.items(), key=lambda item: (item[0][0] != "base", item[0])):
+        temperatures = sorted(curve, key=float)
+        xs = [float(t) for t in temperatures]
+        mean = [100 * curve[t]["mean"] for t in temperatures]
+        line = axis.plot(xs, mean, marker="o", label=f"{arm}, step {step}")[0]
+        low = [100 * (curve[t]["mean"] - curve[t]["std"]) for t in temperatures]
+        high = [100 * (curve[t]["mean"] + curve[t]["std"]) for t in temperatures]
+        axis.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+    axis.set_xlabel("sampling temperature (0 = greedy)")
+    axis.set_ylabel("accuracy (%)")
+    axis.legend(fontsize=7)
+    return _figure(path, figure)
+
+
+def plot_logit_histograms(results: dict[str, Any], path: str | Path, step: int = 10) -> Path | None:
+    """Raw-logit densities of the base model and of each training arm at ``step``, one thin line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [
+        r
+        for r in results["records"]
+        if r.get("logit_histogram") and ((r["arm"] == "base" and r["step"] == 0) or r["step"] == step)
+    ]
+    if not chosen:
+        return None
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    colors: dict[str, str] = {}
+    for record in sorted(chosen, key=lambda r: (r["arm"] != "base", r["arm"], r["seed"])):
+        edges, counts = record["logit_histogram"]["edges"], record["logit_histogram"]["counts"]
+        widths = [b - a for a, b in zip(edges, edges[1:], strict=False)]
+        total = sum(counts) or 1
+        density = [c / total / w for c, w in zip(counts, widths, strict=True)]
+        centres = [(a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)]
+        name = "base" if record["arm"] == "base" else f"{record['arm']}, step {step}"
+        line = axis.plot(
+            centres, density, linewidth=1, color=colors.get(name), label=None if name in colors else name
+        )[0]
+        colors.setdefault(name, line.get_color())
+    axis.set_yscale("log")
+    axis.set_xlabel("raw logit")
+    axis.set_ylabel("density")
+    axis.legend(fontsize=7)
+    return _figure(path, figure)
