@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .training_cli import ENV, STEPS, train
+from em_trainer.core.checkpoints import last_complete_checkpoint
+
+from .training_cli import ENV, STEPS, TINY, pipeline_config, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -55,6 +57,103 @@ def test_train_killed_mid_run_resumes_to_the_uninterrupted_weights(tiny_model_di
     want, got = load_file(straight_run / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
     for name, tensor in want.items():
         assert torch.allclose(got[name], tensor, atol=1e-6, rtol=0), name
+
+
+def test_last_complete_checkpoint_passes_over_one_cut_off_while_saving(tmp_path, capsys):
+    for step, state in ((1, "{}"), (2, "{}"), (3, '{"log_hist'), (10, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2"), "numeric order, 10 > 3 > 2"
+    printed = capsys.readouterr().out
+    assert "checkpoint-10 was cut off" in printed and "checkpoint-3 was cut off" in printed
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_train_resumes_past_a_checkpoint_cut_off_while_saving(tiny_model_dir, tmp_path, straight_run):
+    """A kill while saving leaves checkpoint-N without (or with half) its trainer_state.json, the last file written."""
+    command = train(tiny_model_dir, tmp_path / "killed", STEPS) + ["--save_steps", "1"]
+    kill_when(command, lambda: (tmp_path / "killed" / "checkpoint-5" / "trainer_state.json").exists())
+    newest = max((tmp_path / "killed").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = newest / "trainer_state.json"
+    state.write_text(state.read_text()[:40])  # what a kill in the middle of writing it leaves
+    resumed = subprocess.run(command, capture_output=True, text=True, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{newest} was cut off while saving" in resumed.stdout
+    step = int(newest.name.split("-")[1])
+    assert f"resuming from {newest.parent / f'checkpoint-{step - 1}'}" in resumed.stdout
+    want, got = load_file(straight_run / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    for name, tensor in want.items():
+        assert torch.allclose(got[name], tensor, atol=1e-6, rtol=0), name
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_run_gives_the_uninterrupted_rows(tiny_model_dir, tmp_path):
+    """Killed while training its second run (after that run's third checkpoint): the rerun keeps the first run, resumes
+    the second from its checkpoint, and the sweep's rows equal an uninterrupted sweep's."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"model: {tiny_model_dir}\n")
+    # The sweep sets the seed, and the checkpoint spacing (its own --save_steps, used with --eval_checkpoints).
+    owned = ("--seed", "--save_steps")
+    tiny = [a for i, a in enumerate(TINY) if not set(owned) & set(TINY[max(i - 1, 0) : i + 1])]
+
+    def command(out: Path) -> list[str]:
+        return cli("sweep", "--config", str(config), "--seeds", "2", "--output_dir", str(out), "--max_steps", "8",
+                   "--eval_checkpoints", "--save_steps", "1", *tiny)  # fmt: skip
+
+    straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True, env=ENV)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = tmp_path / "killed"
+    first_marker = killed / "base" / "seed-0" / ".run_complete"
+    kill_when(command(killed), lambda: (killed / "base" / "seed-1" / "checkpoint-3" / "trainer_state.json").exists())
+    assert first_marker.is_file() and not (killed / "base" / "seed-1" / ".run_complete").exists()
+    kept = first_marker.stat().st_mtime_ns
+    rerun = subprocess.run(command(killed), capture_output=True, text=True, env=ENV)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "seed 0: done, kept" in rerun.stdout and first_marker.stat().st_mtime_ns == kept, "run 1 not redone"
+    assert "resuming from" in (killed / "base" / "seed-1" / "train.log").read_text()
+    rows = lambda out: json.loads((out / "sweep_summary.json").read_text())["runs"]  # noqa: E731
+    want, got = rows(tmp_path / "straight"), rows(killed)
+    assert [(r["point"], r["seed"]) for r in got] == [(r["point"], r["seed"]) for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert a["loss_by_step"].keys() == b["loss_by_step"].keys()
+        assert all(abs(a["loss_by_step"][k] - b["loss_by_step"][k]) < 1e-5 for k in a["loss_by_step"])
+
+
+@pytest.mark.slow
+def test_em_then_grpo_recipe_killed_in_each_phase_ends_as_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    """Killed once during EM and once during GRPO, each after a checkpoint: the final weights of both phases equal an
+    uninterrupted run's, the finished EM phase is not touched by the second rerun, and no step is logged twice."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "em_then_grpo.py"
+    # GRPO on a random tiny model earns no reward (zero gradient): weight decay makes its optimizer steps visible.
+    overrides = ["em.max_steps=4", "grpo.max_steps=4", "grpo.weight_decay=0.5", "em.seed=3", "grpo.seed=3"]
+
+    def command(root: Path) -> list[str]:
+        root.mkdir(exist_ok=True)
+        config = pipeline_config(root, tiny_model_dir)
+        return [sys.executable, str(recipe), "--config", str(config), *(f"--set={o}" for o in overrides)]
+
+    straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True, env=ENV)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    run = tmp_path / "killed" / "run"
+    kill_when(command(tmp_path / "killed"), lambda: (run / "em" / "checkpoint-2" / "trainer_state.json").exists())
+    assert not (run / "em" / ".phase_complete").exists()
+    kill_when(command(tmp_path / "killed"), lambda: (run / "grpo" / "checkpoint-2" / "trainer_state.json").exists())
+    em_weights = (run / "em" / "model.safetensors").stat().st_mtime_ns
+    final = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True, env=ENV)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert "phase 1 (EM) already complete" in final.stdout
+    assert (run / "em" / "model.safetensors").stat().st_mtime_ns == em_weights, "the finished EM phase is kept"
+    for phase in ("em", "grpo"):
+        state = json.loads((run / phase / "checkpoint-4" / "trainer_state.json").read_text())
+        assert [log["step"] for log in state["log_history"] if "loss" in log] == [1, 2, 3, 4], phase
+        want = load_file(tmp_path / "straight" / "run" / phase / "model.safetensors")
+        got = load_file(run / phase / "model.safetensors")
+        for name, tensor in want.items():
+            assert torch.allclose(got[name], tensor, atol=1e-6, rtol=0), (phase, name)
 
 
 @pytest.mark.slow

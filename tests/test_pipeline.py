@@ -12,22 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from em_trainer.workflows.em_then_grpo import PHASE_MARKER, PipelineConfigError, load_config, run_em_then_grpo
 
-POOL = str(Path(__file__).resolve().parent / "fixtures" / "arithmetic_pool.jsonl")
-
-
-def tiny_config(tmp_path, tiny_model_dir, **top):
-    config = {
-        "model": tiny_model_dir,
-        "output_dir": str(tmp_path / "run"),
-        "em": {"responses_per_step": 4, "per_device_train_batch_size": 4, "max_completion_length": 6, "max_steps": 2,
-               "learning_rate": 1e-3, "report_to": "none", "save_steps": 1},
-        "grpo": {"dataset": POOL, "num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 6,
-                 "max_steps": 2, "learning_rate": 1e-4, "report_to": "none", "save_steps": 1, "logging_steps": 1},
-    }  # fmt: skip
-    config.update(top)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+from .training_cli import pipeline_config as tiny_config
 
 
 def test_em_then_grpo_end_to_end_and_the_pushed_folder(tmp_path, tiny_model_dir, capsys):

@@ -105,10 +105,10 @@ def build_parser() -> Any:
 
 def main(argv: list[str]) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import get_peft_config
 
     from ..core.callbacks import SaveAtSteps, StopOnSignal
+    from ..core.checkpoints import last_complete_checkpoint
     from ..core.trainer import EMTrainer
     from ..data.models import resolve_model
     from ..data.paths import resolve_config_path
@@ -163,7 +163,7 @@ def main(argv: list[str]) -> int:
     trainer.add_callback(stop)
     checkpoint = config.resume_from_checkpoint
     if checkpoint is None and os.path.isdir(config.output_dir):
-        checkpoint = get_last_checkpoint(config.output_dir)
+        checkpoint = last_complete_checkpoint(config.output_dir)
         if checkpoint is not None:
             print(f"[em-trainer] resuming from {checkpoint}", flush=True)
     trainer.train(resume_from_checkpoint=checkpoint)

@@ -102,9 +102,9 @@ def _peft_config(settings: dict[str, Any] | None):
 
 
 def _last_checkpoint(directory: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    from ..core.checkpoints import last_complete_checkpoint
 
-    return get_last_checkpoint(str(directory)) if directory.is_dir() else None
+    return last_complete_checkpoint(directory)
 
 
 def _save_final(trainer: Any, directory: Path, merge: bool) -> None:

@@ -222,13 +222,16 @@ def plot_temperature(results: dict[str, Any], path: str | Path) -> Path | None:
     return _figure(path, figure)
 
 
-def plot_logit_histograms(results: dict[str, Any], path: str | Path, step: int = 10) -> Path | None:
-    """Raw-logit densities of the base model and of each training arm at ``step``, one thin line per seed."""
+def plot_logit_histograms(results: dict[str, Any], path: str | Path, step: int | None = None) -> Path | None:
+    """Raw-logit densities of the base model and of each training arm at ``step`` (default: the paper's step 10, or
+    the last step if the study stops earlier), one thin line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if step is None:
+        step = min(10, max(results["study"]["steps"]))
     chosen = [
         r
         for r in results["records"]
@@ -242,7 +245,8 @@ def plot_logit_histograms(results: dict[str, Any], path: str | Path, step: int =
         edges, counts = record["logit_histogram"]["edges"], record["logit_histogram"]["counts"]
         widths = [b - a for a, b in zip(edges, edges[1:], strict=False)]
         total = sum(counts) or 1
-        density = [c / total / w for c, w in zip(counts, widths, strict=True)]
+        # Empty bins are left out: a log axis has no zero.
+        density = [c / total / w if c else float("nan") for c, w in zip(counts, widths, strict=True)]
         centres = [(a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)]
         name = "base" if record["arm"] == "base" else f"{record['arm']}, step {step}"
         line = axis.plot(

@@ -85,9 +85,9 @@ def train_run(
 
 
 def loss_by_step(directory: Path) -> dict[int, float]:
-    from transformers.trainer_utils import get_last_checkpoint
+    from ..core.checkpoints import last_complete_checkpoint
 
-    checkpoint = get_last_checkpoint(str(directory))
+    checkpoint = last_complete_checkpoint(directory, log=False)
     if checkpoint is None:
         return {}
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
