@@ -10,7 +10,8 @@ A rerun skips a finished phase and resumes an interrupted one from its last chec
 import argparse
 import sys
 
-from em_trainer.workflows.em_then_grpo import PipelineConfigError, load_config, run_em_then_grpo
+from em_trainer.cli.common import USER_ERRORS
+from em_trainer.workflows.em_then_grpo import load_config, run_em_then_grpo
 
 
 def main() -> int:
@@ -21,7 +22,7 @@ def main() -> int:
     try:
         config = load_config(args.config, args.set)
         run_em_then_grpo(config)
-    except PipelineConfigError as error:
+    except USER_ERRORS as error:  # a bad input: one line naming it, never a traceback
         print(f"em_then_grpo: error: {error}", file=sys.stderr)
         return 2
     return 0

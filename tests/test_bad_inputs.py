@@ -143,3 +143,61 @@ def test_the_docs_table_lists_every_case():
     table = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
     for name in CASES:
         assert f"| {name} |" in table, name
+
+
+# The EM-then-GRPO recipe: every case stops in the pre-flight, before either phase trains (``no_training`` and
+# ``no_grpo`` refuse it). ``{tiny}`` is the tiny model, ``{dir}`` this test's folder.
+RECIPE_CASES = {
+    "recipe em_then_grpo: unknown EM setting": (["em.bogus=1"], "em.bogus"),
+    "recipe em_then_grpo: unknown GRPO setting": (["grpo.bogus=1"], "grpo.bogus"),
+    "recipe em_then_grpo: GRPO num_generations not dividing the batch": (
+        ["grpo.num_generations=3"],
+        "num_generations",
+    ),
+    "recipe em_then_grpo: EM temperature 0": (["em.temperature=0"], "temperature"),
+    "recipe em_then_grpo: model id that resolves nowhere": (["model=no-such-org/no-such-model"], "no-such-org"),
+    "recipe em_then_grpo: output_dir is a file": (["output_dir={dir}/a_file"], "output_dir"),
+    "recipe em_then_grpo: output_dir that cannot be created": (["output_dir=/proc/em-trainer"], "output_dir"),
+    "recipe em_then_grpo: EM dataset not found": (["em.dataset={dir}/missing.jsonl"], "em.dataset"),
+    "recipe em_then_grpo: EM dataset without a prompt column": (["em.dataset={dir}/nocol.jsonl"], "em.dataset"),
+}
+
+
+@pytest.fixture
+def no_grpo(monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a bad input reached GRPOTrainer.train()")
+
+    monkeypatch.setattr("trl.GRPOTrainer.train", refuse)
+
+
+@pytest.mark.parametrize("name", list(RECIPE_CASES))
+def test_recipe_bad_input_stops_before_either_phase(name, files, no_grpo, monkeypatch, capsys):
+    import runpy
+
+    import yaml
+
+    overrides, needle = RECIPE_CASES[name]
+    config = files["dir"] / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": files["tiny"], "output_dir": str(files["dir"] / "run"),
+        "em": {"responses_per_step": 4, "per_device_train_batch_size": 4, "max_completion_length": 6},
+        "grpo": {"dataset": str(FIXTURES / "arithmetic_pool.jsonl"), "num_generations": 2,
+                 "per_device_train_batch_size": 4, "max_completion_length": 6},
+    }))  # fmt: skip
+    argv = ["em_then_grpo.py", "--config", str(config)]
+    for override in overrides:
+        argv += ["--set", override.format(**files)]
+    monkeypatch.setattr("sys.argv", argv)
+    recipe = runpy.run_path(str(Path(__file__).resolve().parents[1] / "recipes" / "em_then_grpo.py"))
+    assert recipe["main"]() == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert needle.lower() in errors[0].lower(), err
+
+
+def test_the_docs_table_lists_every_recipe_case():
+    table = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
+    for name in RECIPE_CASES:
+        assert f"| {name} |" in table, name

@@ -57,39 +57,6 @@ def _steps(text: str) -> list[int]:
     return steps
 
 
-def _check_writable(output_dir: str) -> None:
-    from ..core.config import EMConfigError
-
-    path = os.path.abspath(output_dir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise EMConfigError(f"output_dir={output_dir} is a file; pass a directory (it is created if missing).")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise EMConfigError(f"output_dir={output_dir}: {parent} is not writable; pass a directory you can write to.")
-
-
-def _check_causal_lm(model_path: str) -> None:
-    """A local model directory must hold a causal language model (checked from its config, before loading it)."""
-    if not os.path.isdir(model_path):
-        return  # a Hub id: from_pretrained checks it
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    from ..data.models import ModelResolutionError
-
-    try:
-        model_type = AutoConfig.from_pretrained(model_path).model_type
-    except (OSError, ValueError) as error:
-        raise ModelResolutionError(f"model {model_path}: its config.json cannot be read ({error}).") from error
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ModelResolutionError(
-            f"model {model_path} is a '{model_type}' model, not a causal language model; EM trains models that "
-            "generate text (AutoModelForCausalLM), e.g. Qwen/Qwen2.5-Math-7B."
-        )
-
-
 def build_parser() -> Any:
     from trl import ModelConfig, TrlParser
 
@@ -110,7 +77,8 @@ def main(argv: list[str]) -> int:
     from ..core.callbacks import SaveAtSteps, StopOnSignal
     from ..core.checkpoints import last_complete_checkpoint
     from ..core.trainer import EMTrainer
-    from ..data.models import resolve_model
+    from ..data.files import check_writable_dir
+    from ..data.models import check_causal_lm, resolve_model
     from ..data.paths import resolve_config_path
     from ..data.prompts import load_prompt_dataset
     from ..evaluation.analysis import fresh_sample_entropy
@@ -123,13 +91,13 @@ def main(argv: list[str]) -> int:
     script_args.dataset = resolve_config_path(script_args.dataset, config_file, "dataset")
     model_ref = resolve_config_path(script_args.model or model_args.model_name_or_path, config_file, "model")
     model_path = resolve_model(model_ref)
-    _check_causal_lm(model_path)
+    check_causal_lm(model_path)
     dataset = load_prompt_dataset(
         script_args.dataset, script_args.dataset_split, script_args.prompt_column, limit=script_args.max_prompts
     )
     if config.output_dir in (None, "trainer_output"):
         config.output_dir = os.path.join("outputs", f"{os.path.basename(model_path.rstrip('/'))}-EM")
-    _check_writable(config.output_dir)
+    check_writable_dir(config.output_dir)
     if model_args.dtype not in (None, "auto"):
         config.model_init_kwargs = {**(config.model_init_kwargs or {}), "dtype": model_args.dtype}
 

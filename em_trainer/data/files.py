@@ -29,3 +29,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
     return atomic_write_text(path, json.dumps(payload, indent=2))
+
+
+class OutputDirError(ValueError):
+    """An output directory that cannot be written; the message names the field and the fix."""
+
+
+def check_writable_dir(path: str | os.PathLike, field: str = "output_dir") -> None:
+    """Fail now, not after training, if ``path`` is a file or cannot be written: the folder is created (the run
+    would create it anyway) and a probe file written and removed, which also catches read-only mounts for root."""
+    absolute = os.path.abspath(path)
+    if os.path.exists(absolute) and not os.path.isdir(absolute):
+        raise OutputDirError(f"{field}={path} is a file; pass a directory (it is created if missing).")
+    try:
+        os.makedirs(absolute, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-check.", dir=absolute)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise OutputDirError(
+            f"{field}={path}: cannot write there ({reason}); pass a directory you can write to."
+        ) from None

@@ -141,3 +141,24 @@ def base_model_id(name_or_path: str | None) -> str | None:
     if path.exists() or name.endswith(".gguf") or not _HUB_ID.match(name) or "/" not in name:
         return None
     return name
+
+
+def check_causal_lm(model_path: str) -> None:
+    """The model must be a causal language model: read from its config (a local file, or a small Hub download)
+    before any weights load, so a wrong id or a wrong kind of model fails in seconds."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        model_type = AutoConfig.from_pretrained(model_path).model_type
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = "its config.json cannot be read" if os.path.isdir(model_path) else "its config cannot be fetched"
+        raise ModelResolutionError(
+            f"model {model_path}: {where} ({reason}). Check the id or path; offline, the model must be in the cache."
+        ) from error
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelResolutionError(
+            f"model {model_path} is a '{model_type}' model, not a causal language model; EM trains models that "
+            "generate text (AutoModelForCausalLM), e.g. Qwen/Qwen2.5-Math-7B."
+        )

@@ -143,7 +143,6 @@ def _phase_settings(config: dict[str, Any], phase: str) -> tuple[Path, dict[str,
 
 def run_em_phase(config: dict[str, Any], start: Path | None = None) -> Path:
     """The EM phase, from ``start`` (a previous phase's weights) or the config's model. Returns its final weights."""
-    from ..core.config import EMConfig
     from ..core.trainer import EMTrainer
     from ..data.models import resolve_model
     from ..data.prompts import load_prompt_dataset
@@ -154,7 +153,7 @@ def run_em_phase(config: dict[str, Any], start: Path | None = None) -> Path:
         print(f"[em-trainer] phase 1 (EM) already complete in {directory}; skipping", flush=True)
         return directory
     push = bool(config.get("push_to_hub"))
-    args = EMConfig(output_dir=str(directory), hub_model_id=_hub_id(config, "em"), **settings)
+    args = _em_args(config)
     dataset = load_prompt_dataset(
         data.get("dataset"),
         data.get("dataset_split", "train"),
@@ -291,9 +290,44 @@ class GRPOAfterEMTrainer(GRPOTrainer):
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
 
+def _em_args(config: dict[str, Any]) -> Any:
+    """The EM phase's EMConfig; an unknown key or a bad value is named as ``em.<key>``."""
+    from ..core.config import EMConfig
+
+    directory, settings, _ = _phase_settings(config, "em")
+    return _build(EMConfig, "em", settings, output_dir=str(directory), hub_model_id=_hub_id(config, "em"))
+
+
+def _grpo_args(config: dict[str, Any]) -> Any:
+    """The GRPO phase's GRPOConfig, with this machine's defaults (no bf16 on CPU; gloo for several CPU processes)."""
+    from trl import GRPOConfig
+
+    directory, settings, _ = _phase_settings(config, "grpo")
+    if "bf16" not in settings and not _cuda():
+        settings["bf16"] = False  # GRPOConfig defaults to bf16, which a CPU cannot train in
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ and not _cuda():
+        settings.setdefault("use_cpu", True)  # several CPU processes: gloo, as EMConfig does
+    return _build(GRPOConfig, "grpo", settings, output_dir=str(directory), hub_model_id=_hub_id(config, "em-grpo"))
+
+
+def _build(cls: Any, phase: str, settings: dict[str, Any], **fixed: Any) -> Any:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise PipelineConfigError(
+            f"{phase}.{unknown[0]}: not a field of {cls.__name__} (unknown: {unknown}); see the {cls.__name__} "
+            "docs for the settings this section takes."
+        )
+    try:
+        return cls(**fixed, **settings)
+    except (ValueError, TypeError) as error:
+        raise PipelineConfigError(f"{phase}: {str(error).strip()}".replace("\n", " ")) from error
+
+
 def run_grpo_phase(config: dict[str, Any], em_dir: Path | None) -> Path:
     """GRPO with the accuracy reward, from the EM phase's weights ``em_dir`` or, when None, the config's model."""
-    from trl import GRPOConfig
 
     from ..data.models import base_model_id, resolve_model
     from ..evaluation.rewards import accuracy_reward
@@ -302,14 +336,8 @@ def run_grpo_phase(config: dict[str, Any], em_dir: Path | None) -> Path:
     if (directory / PHASE_MARKER).is_file():
         print(f"[em-trainer] phase 2 (GRPO) already complete in {directory}; skipping", flush=True)
         return directory
-    if "bf16" not in settings and not _cuda():
-        settings["bf16"] = False  # GRPOConfig defaults to bf16, which a CPU cannot train in
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ and not _cuda():
-        settings.setdefault("use_cpu", True)  # several CPU processes: gloo, as EMConfig does
     reward_name = data.get("reward", "accuracy")
-    if reward_name not in REWARDS:
-        raise PipelineConfigError(f"grpo.reward: {reward_name!r}; use one of {list(REWARDS)}.")
-    args = GRPOConfig(output_dir=str(directory), hub_model_id=_hub_id(config, "em-grpo"), **settings)
+    args = _grpo_args(config)
     if reward_name == "code":
         from ..evaluation.code_tasks import code_reward
 
@@ -367,9 +395,35 @@ def check_grpo_data(config: dict[str, Any]) -> None:
         raise PipelineConfigError(f"grpo.dataset: {error}") from error
 
 
+def preflight(config: dict[str, Any]) -> None:
+    """Check everything the unfinished phases need before either trains, so a bad value costs seconds, not a phase:
+    the output directory is writable, the model resolves to a causal LM, each phase's settings build a valid config,
+    and each phase's dataset loads with the columns it needs."""
+    from ..data.files import check_writable_dir
+    from ..data.models import check_causal_lm, resolve_model
+    from ..data.prompts import load_prompt_dataset
+
+    check_writable_dir(config["output_dir"], "output_dir")
+    check_causal_lm(resolve_model(config.get("model")))
+    order = config.get("order", "em_then_grpo")
+    em_dir, _, em_data = _phase_settings(config, "em")
+    if order != "grpo" and not (em_dir / PHASE_MARKER).is_file():
+        _em_args(config)
+        try:
+            load_prompt_dataset(
+                em_data.get("dataset"), em_data.get("dataset_split", "train"), em_data.get("problem_column"),
+                limit=em_data.get("max_prompts"),
+            )  # fmt: skip
+        except DatasetError as error:
+            raise PipelineConfigError(f"em.dataset: {error}") from error
+    if not (Path(config["output_dir"]) / "grpo" / PHASE_MARKER).is_file():
+        _grpo_args(config)
+        check_grpo_data(config)
+
+
 def run_em_then_grpo(config: dict[str, Any]) -> tuple[Path | None, Path]:
     """Run the config's phases in its ``order``; returns the EM and GRPO phases' directories (EM None if skipped)."""
-    check_grpo_data(config)
+    preflight(config)
     order = config.get("order", "em_then_grpo")
     em_dir: Path | None = None
     if order == "em_then_grpo":
