@@ -32,6 +32,11 @@ def files(tmp_path, tiny_model_dir):
     (tmp_path / "study_key.yaml").write_text("arms: {}\ncolour: 1\n")
     (tmp_path / "study_kind.yaml").write_text("arms: {x: {kind: fly}}\n")
     (tmp_path / "study_arm.yaml").write_text("arms: {x: {kind: train, config: missing.yaml}}\n")
+    (tmp_path / "tiny.yaml").write_text(f"model: {tiny_model_dir}\n")
+    (tmp_path / "hot_arm.yaml").write_text(f"model: {tiny_model_dir}\ntemperature: 0\n")
+    (tmp_path / "study_hot.yaml").write_text(
+        f"output_dir: {tmp_path / 'study_out'}\npool_size: 4\narms: {{x: {{kind: train, config: hot_arm.yaml}}}}\n"
+    )
     return {"dir": tmp_path, "tiny": tiny_model_dir}
 
 
@@ -97,6 +102,24 @@ CASES = {
     "sweep: study arm whose train config is missing": (
         case("sweep", "--config", "{dir}/study_arm.yaml"),
         "arms.x.config",
+    ),
+    "sweep: grid value that train rejects (checked before the first run)": (
+        case(
+            "sweep",
+            "--config",
+            "{dir}/tiny.yaml",
+            "--grid",
+            "temperature=0.5,0",
+            "--seeds",
+            "1",
+            "--output_dir",
+            "{dir}/sweep_out",
+        ),
+        "temperature=0",
+    ),  # fmt: skip
+    "sweep: study arm whose train config has a bad value (checked before select)": (
+        case("sweep", "--config", "{dir}/study_hot.yaml"),
+        "arms.x",
     ),
     "generate: unknown backend": (case("generate", "--prompt", "hi", "--backend", "tpu"), "invalid choice"),
 }
@@ -201,3 +224,10 @@ def test_the_docs_table_lists_every_recipe_case():
     table = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text()
     for name in RECIPE_CASES:
         assert f"| {name} |" in table, name
+
+
+def test_train_check_validates_and_stops_before_loading(files, capsys):
+    out = files["dir"] / "checked"
+    assert main(["train", "--model", files["tiny"], "--check", "--output_dir", str(out)]) == 0
+    assert "check passed" in capsys.readouterr().out
+    assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()

@@ -43,6 +43,13 @@ class TrainScriptArguments:
         default=None,
         metadata={"help": "Comma-separated optimizer steps to checkpoint at besides save_steps, e.g. '2,4,10,15'."},
     )
+    check: bool = field(
+        default=False,
+        metadata={
+            "help": "Check the run and stop before loading the model: every option, the model's config, the "
+            "dataset and its prompt column, the output folder. `sweep` and the study check each run this way first."
+        },
+    )
 
 
 def _steps(text: str) -> list[int]:
@@ -98,6 +105,10 @@ def main(argv: list[str]) -> int:
     if config.output_dir in (None, "trainer_output"):
         config.output_dir = os.path.join("outputs", f"{os.path.basename(model_path.rstrip('/'))}-EM")
     check_writable_dir(config.output_dir)
+    if script_args.check:
+        EMTrainer._check_dataset_fits_batch(dataset, config)
+        print(f"[em-trainer] check passed: {model_path}, {len(dataset)} prompt(s), output in {config.output_dir}")
+        return 0
     if model_args.dtype not in (None, "auto"):
         config.model_init_kwargs = {**(config.model_init_kwargs or {}), "dtype": model_args.dtype}
 

@@ -399,6 +399,7 @@ def preflight(config: dict[str, Any]) -> None:
     """Check everything the unfinished phases need before either trains, so a bad value costs seconds, not a phase:
     the output directory is writable, the model resolves to a causal LM, each phase's settings build a valid config,
     and each phase's dataset loads with the columns it needs."""
+    from ..core.trainer import EMTrainer
     from ..data.files import check_writable_dir
     from ..data.models import check_causal_lm, resolve_model
     from ..data.prompts import load_prompt_dataset
@@ -408,13 +409,14 @@ def preflight(config: dict[str, Any]) -> None:
     order = config.get("order", "em_then_grpo")
     em_dir, _, em_data = _phase_settings(config, "em")
     if order != "grpo" and not (em_dir / PHASE_MARKER).is_file():
-        _em_args(config)
+        args = _em_args(config)
         try:
-            load_prompt_dataset(
+            dataset = load_prompt_dataset(
                 em_data.get("dataset"), em_data.get("dataset_split", "train"), em_data.get("problem_column"),
                 limit=em_data.get("max_prompts"),
             )  # fmt: skip
-        except DatasetError as error:
+            EMTrainer._check_dataset_fits_batch(dataset, args)
+        except (DatasetError, ValueError) as error:
             raise PipelineConfigError(f"em.dataset: {error}") from error
     if not (Path(config["output_dir"]) / "grpo" / PHASE_MARKER).is_file():
         _grpo_args(config)

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..data.files import atomic_write_json
 from ..data.paths import resolve_config_path
-from .sweep import RUN_MARKER, Run, SweepError, train_run
+from .sweep import RUN_MARKER, Run, SweepError, check_run, train_run
 
 METRICS = ("greedy_accuracy", "sampled_accuracy", "entropy", "skewness", "mean_length", "cut_share")
 TEST_BENCHMARK = "arithmetic"
@@ -299,6 +299,25 @@ def _measure_once(
     return record
 
 
+def _train_extra(study: Study, dataset: Path) -> list[str]:
+    """The options every training run of the study gets on top of its arm's config."""
+    saved = ",".join(str(step) for step in study.steps if step > 0)
+    extra = ["--dataset", str(dataset), "--max_steps", str(study.max_step), "--save_steps", "100000"]
+    return [*extra, "--save_at_steps", saved, "--report_to", "none", *study.train_args]
+
+
+def check_training_arms(study: Study, dataset: Path) -> None:
+    """``em-trainer train --check`` for every training arm before ``select`` and the first measurement: a bad value
+    in an arm's config stops the study in seconds instead of after the base model's measurements."""
+    for name, arm in study.arms.items():
+        if arm["kind"] == "train":
+            directory = study.output_dir / "runs" / name / "seed-0"
+            try:
+                check_run(Run((), 0), arm["config"], directory, _train_extra(study, dataset), save_steps=None)
+            except SweepError as error:
+                raise StudyError(f"arms.{name} ({arm['config']}): {error}") from None
+
+
 def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path, measurements: Measurements,
                      log: Any, seeds: list[int]) -> None:  # fmt: skip
     """Train each of ``seeds`` (``em-trainer train`` via the sweep's runner), measure its checkpoints, drop them."""
@@ -308,8 +327,7 @@ def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path
         if all(measurements.get(name, seed, step) for step in saved):
             continue
         if not (directory / RUN_MARKER).exists():
-            extra = ["--dataset", str(dataset), "--max_steps", str(study.max_step), "--save_steps", "100000"]
-            extra += ["--save_at_steps", ",".join(map(str, saved)), "--report_to", "none", *study.train_args]
+            extra = _train_extra(study, dataset)
             directory.mkdir(parents=True, exist_ok=True)
             log(f"[study] training {name} seed {seed} ({study.max_step} steps)", flush=True)
             train_run(Run((), seed), arm["config"], directory, extra, save_steps=None)
@@ -335,6 +353,7 @@ def run_study(study: Study, log: Any = print) -> dict[str, Any]:
 
     started = time.time()
     pool = build_pool(study)
+    check_training_arms(study, pool)  # the pool has the selected prompt's columns; select takes minutes
     dataset = select_prompt(study, pool)
     timed("data_and_select", started)
     selected = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])

@@ -63,19 +63,32 @@ def plan_runs(grid: dict[str, list[str]], seeds: int, first_seed: int = 0) -> li
     return [Run(point, seed) for point in points for seed in range(first_seed, first_seed + seeds)]
 
 
+def _train_arguments(run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None) -> list[str]:
+    arguments = ["train", "--config", config, "--seed", str(run.seed), "--output_dir", str(directory)]
+    for field, value in run.point:
+        arguments += [f"--{field}", value]
+    if save_steps is not None:
+        arguments += ["--save_steps", str(save_steps), "--save_total_limit", "1000"]
+    return arguments + extra
+
+
+def check_run(run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None = None) -> None:
+    """``em-trainer train --check`` with this run's options: a bad value stops the sweep before its first run
+    trains, with train's own one-line message."""
+    command = [sys.executable, "-m", "em_trainer.cli", *_train_arguments(run, config, directory, extra, save_steps)]
+    result = subprocess.run([*command, "--check"], capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if "error:" in line] or result.stderr.splitlines()[-1:]
+        raise SweepError(f"run {run.point_tag} seed {run.seed} would fail: {' '.join(lines).strip()}")
+
+
 def train_run(
     run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None, launcher: str | None = None
 ) -> None:
     # Each run is its own process: memory is returned between runs, and a launcher such as
     # "accelerate launch --num_processes 8" or "torchrun --nproc_per_node 2" makes each run a distributed one.
     prefix = shlex.split(launcher) if launcher else [sys.executable]
-    command = [*prefix, "-m", "em_trainer.cli", "train", "--config", config, "--seed", str(run.seed)]
-    command += ["--output_dir", str(directory)]
-    for field, value in run.point:
-        command += [f"--{field}", value]
-    if save_steps is not None:
-        command += ["--save_steps", str(save_steps), "--save_total_limit", "1000"]
-    command += extra
+    command = [*prefix, "-m", "em_trainer.cli", *_train_arguments(run, config, directory, extra, save_steps)]
     result = subprocess.run(command, capture_output=True, text=True)
     (directory / "train.log").parent.mkdir(parents=True, exist_ok=True)
     (directory / "train.log").write_text(result.stdout + "\n" + result.stderr)
@@ -157,6 +170,10 @@ def run_sweep(
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(grid, seeds, first_seed)
+    save = save_steps if eval_checkpoints else None
+    # Every grid point checked before the first run trains (seeds differ only in the seed).
+    for run in {run.point: run for run in runs if not (run.directory(root) / RUN_MARKER).is_file()}.values():
+        check_run(run, config, run.directory(root), list(extra_train_args or []), save)
     records = []
     for number, run in enumerate(runs, start=1):
         directory = run.directory(root)
@@ -167,7 +184,6 @@ def run_sweep(
             continue
         print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: training", flush=True)
         directory.mkdir(parents=True, exist_ok=True)
-        save = save_steps if eval_checkpoints else None
         train_run(run, config, directory, list(extra_train_args or []), save, launcher)
         losses = loss_by_step(directory)
         record: dict[str, Any] = {
