@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 from ..data.files import atomic_write_json
 from ..data.paths import resolve_config_path
-from .sweep import RUN_MARKER, Run, SweepError, check_run, train_run
+from .sweep import RUN_MARKER, Run, SweepError, check_run, summarize, train_run
 
 METRICS = ("greedy_accuracy", "sampled_accuracy", "entropy", "skewness", "mean_length", "cut_share")
 TEST_BENCHMARK = "arithmetic"
@@ -425,15 +424,4 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, di
             step: {metric: summarize(values) for metric, values in metrics.items()} for step, metrics in steps.items()
         }
         for arm, steps in grouped.items()
-    }
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    """Mean, std (sample, over seeds; 0 for one seed), min, max and the number of seeds."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "seeds": len(values),
     }

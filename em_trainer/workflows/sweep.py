@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -134,8 +135,19 @@ def evaluate_model(
     return scores
 
 
+def summarize(values: list[float]) -> dict[str, float]:
+    """Mean, std (sample, over seeds; 0 for one seed), min, max and the number of seeds."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "seeds": len(values),
+    }
+
+
 def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per grid point and benchmark: mean, std (population over seeds), min, max and the number of seeds."""
+    """Per grid point and benchmark (and the final loss): ``summarize`` over seeds, NaN and missing values left out."""
     by_point: dict[str, dict[str, list[float]]] = {}
     for record in records:
         for benchmark, score in record["scores"].items():
@@ -146,11 +158,8 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
         out[point] = {}
         for name, values in by_bench.items():
             values = [v for v in values if v is not None and not math.isnan(v)]
-            if not values:
-                continue
-            mean = sum(values) / len(values)
-            std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-            out[point][name] = {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+            if values:
+                out[point][name] = summarize(values)
     return out
 
 
@@ -223,9 +232,8 @@ def summary_table(aggregated: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = ["| setting | metric | mean | std | min | max | seeds |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for point, metrics in aggregated.items():
         for name, s in metrics.items():
-            lines.append(
-                f"| {point} | {name} | {s['mean']:.4f} | {s['std']:.4f} | {s['min']:.4f} | {s['max']:.4f} | {s['n']} |"
-            )
+            stats = " | ".join(f"{s[key]:.4f}" for key in ("mean", "std", "min", "max"))
+            lines.append(f"| {point} | {name} | {stats} | {s['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
