@@ -77,6 +77,30 @@ CASES = {
         "temperature",
     ),
     "eval: top_p of 0": (case("eval", "--model", "{tiny}", "--benchmarks", "arithmetic", "--top_p", "0"), "top_p"),
+    "eval: output_dir is a file": (
+        case("eval", "--model", "{tiny}", "--benchmarks", "arithmetic", "--output_dir", "{dir}/a_file"),
+        "output_dir",
+    ),
+    "eval: model id that resolves nowhere": (
+        case("eval", "--model", "no-such-org/no-such-model", "--benchmarks", "arithmetic"),
+        "no-such-org",
+    ),
+    "select: output that is a folder": (
+        case("select", "--model", "{tiny}", "--pool", str(FIXTURES / "arithmetic_pool.jsonl"), "--output", "{dir}"),
+        "is a directory",
+    ),
+    "select: output folder that cannot be created": (
+        case(
+            "select",
+            "--model",
+            "{tiny}",
+            "--pool",
+            str(FIXTURES / "arithmetic_pool.jsonl"),
+            "--output",
+            "/proc/em-trainer/s.jsonl",
+        ),
+        "cannot write",
+    ),  # fmt: skip
     "select: k of 1": (
         case(
             "select",

@@ -126,3 +126,11 @@ def em_inf_settings(args: argparse.Namespace) -> EMInfSettings | None:
     }
     preset = PRESETS[args.em_inf_preset]
     return EMInfSettings(**{**preset.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def check_models(models: list[str]) -> None:
+    """Every model resolves to a causal LM (its config read or fetched), before the first one loads."""
+    from ..data.models import check_causal_lm, resolve_model
+
+    for model in models:
+        check_causal_lm(resolve_model(model))

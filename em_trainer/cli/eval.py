@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from ..data.files import check_writable_dir
     from ..decoding.generation import make_generator
     from ..evaluation.benchmarks import EvaluationError, load_benchmark
     from ..evaluation.evaluate import evaluate_benchmark, plot_temperature_sweep, summarize
@@ -63,6 +64,8 @@ def main(argv: list[str]) -> int:
             raise EvaluationError(
                 "--majority samples K answers: set --temperature > 0 (e.g. 0.7); greedy repeats one."
             )
+    check_writable_dir(args.output_dir, "output_dir")
+    common.check_models(models)
     em_inf = common.em_inf_settings(args)
     default_temperature = em_inf.temperature if em_inf is not None and em_inf.temperature is not None else 0.0
     temperatures = args.temperatures or [default_temperature if args.temperature is None else args.temperature]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.models import DEFAULT_MODEL
-from .common import add, add_backend_argument, generator_kwargs, verb_parser
+from .common import add, add_backend_argument, check_models, generator_kwargs, verb_parser
 
 HELP = "rank a prompt pool by pass@k variance and write the one-shot training set"
 
@@ -35,12 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from ..data.files import check_writable_dir
     from ..data.sources import load_pool
     from ..decoding.generation import make_generator
-    from ..evaluation.selection import select_prompts
+    from ..evaluation.selection import SelectionError, select_prompts
 
     args = build_parser().parse_args(argv)
     rows = load_pool(args.pool, args.split, args.limit)
+    output = Path(args.output)
+    if output.is_dir():
+        raise SelectionError(f"--output {args.output} is a directory; pass a .jsonl file name, e.g. selected.jsonl.")
+    check_writable_dir(output.parent, "--output's folder")
+    check_models([args.model])
     generator = make_generator(args.model, backend=args.backend, **generator_kwargs(args, args.batch_size))
     result = select_prompts(
         generator,
