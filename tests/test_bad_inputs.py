@@ -44,6 +44,11 @@ def case(*args: str) -> tuple[str, ...]:
     return args
 
 
+def select_case(*args: str) -> tuple[str, ...]:
+    """``em-trainer select`` on the tiny model and the fixture pool, plus ``args``."""
+    return case("select", "--model", "{tiny}", "--pool", str(FIXTURES / "arithmetic_pool.jsonl"), *args)
+
+
 CASES = {
     "train: temperature 0": (case("train", "--temperature", "0"), "temperature"),
     "train: num_generations not dividing the batch": (
@@ -85,36 +90,12 @@ CASES = {
         case("eval", "--model", "no-such-org/no-such-model", "--benchmarks", "arithmetic"),
         "no-such-org",
     ),
-    "select: output that is a folder": (
-        case("select", "--model", "{tiny}", "--pool", str(FIXTURES / "arithmetic_pool.jsonl"), "--output", "{dir}"),
-        "is a directory",
-    ),
+    "select: output that is a folder": (select_case("--output", "{dir}"), "is a directory"),
     "select: output folder that cannot be created": (
-        case(
-            "select",
-            "--model",
-            "{tiny}",
-            "--pool",
-            str(FIXTURES / "arithmetic_pool.jsonl"),
-            "--output",
-            "/proc/em-trainer/s.jsonl",
-        ),
+        select_case("--output", "/proc/em-trainer/s.jsonl"),
         "cannot write",
-    ),  # fmt: skip
-    "select: k of 1": (
-        case(
-            "select",
-            "--model",
-            "{tiny}",
-            "--pool",
-            str(FIXTURES / "arithmetic_pool.jsonl"),
-            "--k",
-            "1",
-            "--output",
-            "{dir}/sel.jsonl",
-        ),
-        "k=1",
     ),
+    "select: k of 1": (select_case("--k", "1", "--output", "{dir}/sel.jsonl"), "k=1"),
     "select: missing pool": (case("select", "--pool", "{dir}/missing.jsonl"), "not found"),
     "select: pool where no row has an answer": (
         case("select", "--model", "{tiny}", "--pool", "{dir}/noanswer.jsonl", "--output", "{dir}/s.jsonl"),
