@@ -46,20 +46,29 @@ def build_study_parser() -> argparse.ArgumentParser:
     add(parser, "quick", action="store_true", help="the study's CI-sized variant (its `quick:` block)")
     add(parser, "output_dir", help="default: the study's output_dir")
     add(parser, "results_file", help="default: the study's results_file")
+    add(
+        parser,
+        "only_seed",
+        type=int,
+        help="train and measure this seed's training arms only (run another seed in a second process); "
+        "a final run without it gathers every seed",
+    )
     return parser
 
 
 def run_study_config(argv: list[str]) -> int:
     from pathlib import Path
 
-    from ..workflows.study import load_study, run_study
+    from ..workflows.study import StudyError, load_study, run_study
     from ..workflows.study_report import render_report
 
     args = build_study_parser().parse_args(argv)
     study = load_study(args.config, quick=args.quick, output_dir=args.output_dir)
     if args.results_file:
         study.results_file = Path(args.results_file)
-    results = run_study(study)
+    if args.only_seed is not None and not 0 <= args.only_seed < study.seeds:
+        raise StudyError(f"--only_seed {args.only_seed}: the study has seeds 0 to {study.seeds - 1}.")
+    results = run_study(study, only_seed=args.only_seed)
     report = render_report(results)
     (study.output_dir / "report.md").write_text(report, encoding="utf-8")
     print(report)

@@ -338,8 +338,12 @@ def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path
             shutil.rmtree(checkpoint)  # measured; 1.6 GB each with the optimizer state
 
 
-def run_study(study: Study, log: Any = print) -> dict[str, Any]:
-    """Run (or resume) the whole study and write its results JSON; returns that JSON's content."""
+def run_study(study: Study, log: Any = print, only_seed: int | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole study and write its results JSON; returns that JSON's content.
+
+    ``only_seed``: train and measure the training arms for that seed alone, so that a second process can work
+    on another seed at the same time (measurements are appended line by line; a final plain run gathers them all).
+    """
     study.output_dir.mkdir(parents=True, exist_ok=True)
     measurements = Measurements(study.output_dir / "measurements.jsonl")
     wall_file = study.output_dir / "wall_seconds.json"
@@ -381,13 +385,14 @@ def run_study(study: Study, log: Any = print) -> dict[str, Any]:
             if measurements.get(name, seed, 0) is None:
                 measurements.add({**base[seed], "arm": name, "seed": seed, "step": 0, "seconds": 0.0})
     # Seed by seed across the arms, so a study stopped early has every arm over the same seeds.
-    for seed in range(study.seeds):
+    for seed in range(study.seeds) if only_seed is None else [only_seed]:
         for name, arm in training.items():
             started = time.time()
             run_training_arm(study, name, arm, dataset, measurements, log, seeds=[seed])
             timed(name, started)
 
     # Only the configured seeds: a study rerun with fewer seeds reports those, not leftovers of a larger run.
+    measurements = Measurements(study.output_dir / "measurements.jsonl")  # with what parallel processes added
     kept = [r for r in measurements.done.values() if r["seed"] < study.seeds and r["step"] in study.steps]
     records = sorted(kept, key=lambda r: (r["arm"], r["step"], r["seed"]))
 
