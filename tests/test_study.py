@@ -172,6 +172,12 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
     assert (out / "measurements.jsonl").read_text().splitlines() == lines, "a rerun measures nothing again"
     assert "[study] training" not in second.stdout
 
+    # --report runs nothing and writes the same results from the measurements.
+    (out / "results.json").unlink()
+    report = subprocess.run([*command, "--report"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["records"] == results["records"]
+
 
 @pytest.mark.parametrize("text, message", [("2,x", "comma-separated"), ("0,2", "below 1")])
 def test_save_at_steps_rejects_bad_steps(text, message):

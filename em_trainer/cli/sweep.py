@@ -53,6 +53,7 @@ def build_study_parser() -> argparse.ArgumentParser:
         help="train and measure this seed's training arms only (run another seed in a second process); "
         "a final run without it gathers every seed",
     )
+    add(parser, "report", action="store_true", help="run nothing: write the results JSON from what is measured so far")
     return parser
 
 
@@ -68,7 +69,7 @@ def run_study_config(argv: list[str]) -> int:
         study.results_file = Path(args.results_file)
     if args.only_seed is not None and not 0 <= args.only_seed < study.seeds:
         raise StudyError(f"--only_seed {args.only_seed}: the study has seeds 0 to {study.seeds - 1}.")
-    results = run_study(study, only_seed=args.only_seed)
+    results = run_study(study, only_seed=args.only_seed, report_only=args.report)
     report = render_report(results)
     (study.output_dir / "report.md").write_text(report, encoding="utf-8")
     print(report)

@@ -153,9 +153,14 @@ def build_pool(study: Study) -> Path:
     return path
 
 
+def selected_file(study: Study) -> Path:
+    """Where ``select`` writes the study's training prompt."""
+    return study.output_dir / "data" / "selected.jsonl"
+
+
 def select_prompt(study: Study, pool: Path) -> Path:
     """``em-trainer select`` over the pool (pass@k variance); its output is the training dataset."""
-    output = study.output_dir / "data" / "selected.jsonl"
+    output = selected_file(study)
     if output.exists():
         return output
     command = [sys.executable, "-m", "em_trainer.cli", "select", "--model", study.model, "--pool", str(pool)]
@@ -338,28 +343,33 @@ def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path
             shutil.rmtree(checkpoint)  # measured; 1.6 GB each with the optimizer state
 
 
-def run_study(study: Study, log: Any = print, only_seed: int | None = None) -> dict[str, Any]:
+def run_study(
+    study: Study, log: Any = print, only_seed: int | None = None, report_only: bool = False
+) -> dict[str, Any]:
     """Run (or resume) the whole study and write its results JSON; returns that JSON's content.
 
     ``only_seed``: train and measure the training arms for that seed alone, so that a second process can work
     on another seed at the same time (measurements are appended line by line; a final plain run gathers them all).
+    ``report_only``: run nothing; write the results JSON from the measurements taken so far (an unfinished study's
+    JSON shows, per arm and step, how many seeds it holds).
     """
     study.output_dir.mkdir(parents=True, exist_ok=True)
     measurements = Measurements(study.output_dir / "measurements.jsonl")
     wall_file = study.output_dir / "wall_seconds.json"
-    wall: dict[str, float] = json.loads(wall_file.read_text()) if wall_file.exists() else {}
 
     def timed(part: str, started: float) -> None:
-        # Summed over reruns, so an interrupted and resumed study reports the time it took in all.
+        # Summed over reruns (and over processes working on different seeds), so the time is the time spent in all.
+        wall: dict[str, float] = json.loads(wall_file.read_text()) if wall_file.exists() else {}
         wall[part] = wall.get(part, 0.0) + time.time() - started
         atomic_write_json(wall_file, wall)
 
+    if report_only:
+        return write_results(study, selected_file(study))
     started = time.time()
     pool = build_pool(study)
     check_training_arms(study, pool)  # the pool has the selected prompt's columns; select takes minutes
     dataset = select_prompt(study, pool)
     timed("data_and_select", started)
-    selected = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])
 
     # Step 0 of every training arm is the base model sampled with that seed: measured once, shared.
     started = time.time()
@@ -391,8 +401,18 @@ def run_study(study: Study, log: Any = print, only_seed: int | None = None) -> d
             run_training_arm(study, name, arm, dataset, measurements, log, seeds=[seed])
             timed(name, started)
 
+    return write_results(study, dataset)
+
+
+def write_results(study: Study, dataset: Path) -> dict[str, Any]:
+    """The results JSON from ``measurements.jsonl`` (every process's) and ``wall_seconds.json``."""
+    if not dataset.is_file():
+        raise StudyError(f"{dataset} does not exist: run the study (without --report) first.")
+    selected = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])
+    measurements = Measurements(study.output_dir / "measurements.jsonl")
+    wall_file = study.output_dir / "wall_seconds.json"
+    wall: dict[str, float] = json.loads(wall_file.read_text()) if wall_file.exists() else {}
     # Only the configured seeds: a study rerun with fewer seeds reports those, not leftovers of a larger run.
-    measurements = Measurements(study.output_dir / "measurements.jsonl")  # with what parallel processes added
     kept = [r for r in measurements.done.values() if r["seed"] < study.seeds and r["step"] in study.steps]
     records = sorted(kept, key=lambda r: (r["arm"], r["step"], r["seed"]))
 
