@@ -1,6 +1,6 @@
 """The ordering finding: EM then GRPO against GRPO then EM and GRPO alone, over seeds (docs/results.md).
 
-    python benchmarks/ordering.py [--seeds 3] [--output_dir outputs/ordering]
+    python benchmarks/ordering.py [--seeds 3] [--output_dir outputs/ordering] [--report]
 
 Each (order, seed) is one run of ``recipes/em_then_grpo.py --config
 recipes/configs/smollm2-135m-cpu/replication/ordering.yaml`` with ``order``, the seeds and the output directory set
@@ -23,7 +23,14 @@ from pathlib import Path
 
 from em_trainer.data.files import atomic_write_json
 from em_trainer.evaluation.records import RecordFile
-from em_trainer.workflows.study import aggregate, build_pool, load_study, measure_model, select_prompt
+from em_trainer.workflows.study import (
+    aggregate,
+    build_pool,
+    load_study,
+    measure_model,
+    select_prompt,
+    selected_file,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "configs" / "smollm2-135m-cpu" / "replication"
@@ -52,18 +59,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output_dir", default="outputs/ordering")
     parser.add_argument("--results_file", default=str(ROOT / "benchmarks" / "results" / "ordering.json"))
+    parser.add_argument("--report", action="store_true", help="run nothing: write the JSON from the runs finished")
     args = parser.parse_args()
 
     # The study's pool and selected prompt: built (or read back) exactly as the study does.
     study = load_study(CONFIGS / "study.yaml")
     pool = build_pool(study)
-    prompt = select_prompt(study, pool)
+    prompt = selected_file(study) if args.report else select_prompt(study, pool)
     output = Path(args.output_dir)
     measuring = dataclasses.replace(study, output_dir=output)
     records = RecordFile(output / "measurements.jsonl")
     done = {(r["arm"], r["seed"]): r for r in records.read()}
 
-    for seed in range(args.seeds):
+    for seed in range(0 if args.report else args.seeds):
         for order in ORDERS:
             if (order, seed) in done:
                 continue
