@@ -323,24 +323,28 @@ def check_training_arms(study: Study, dataset: Path) -> None:
 
 
 def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path, measurements: Measurements,
-                     log: Any, seeds: list[int]) -> None:  # fmt: skip
-    """Train each of ``seeds`` (``em-trainer train`` via the sweep's runner), measure its checkpoints, drop them."""
+                     log: Any, seed: int) -> None:  # fmt: skip
+    """Train one seed of an arm (``em-trainer train`` via the sweep's runner), measure its checkpoints, drop them."""
     saved = [step for step in study.steps if step > 0]
-    for seed in seeds:
-        directory = study.output_dir / "runs" / name / f"seed-{seed}"
-        if all(measurements.get(name, seed, step) for step in saved):
-            continue
-        if not (directory / RUN_MARKER).exists():
-            extra = _train_extra(study, dataset)
-            directory.mkdir(parents=True, exist_ok=True)
-            log(f"[study] training {name} seed {seed} ({study.max_step} steps)", flush=True)
-            train_run(Run((), seed), arm["config"], directory, extra, save_steps=None)
-            (directory / RUN_MARKER).write_text("done\n")
-        for step in saved:
-            checkpoint = str(directory / f"checkpoint-{step}")
-            _measure_once(study, measurements, name, seed, step, checkpoint, log, curve=study.curve_at(step))
-        for checkpoint in directory.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint)  # measured; 1.6 GB each with the optimizer state
+    directory = study.output_dir / "runs" / name / f"seed-{seed}"
+    if all(measurements.get(name, seed, step) for step in saved):
+        return
+    if not (directory / RUN_MARKER).exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        log(f"[study] training {name} seed {seed} ({study.max_step} steps)", flush=True)
+        train_run(Run((), seed), arm["config"], directory, _train_extra(study, dataset), save_steps=None)
+        (directory / RUN_MARKER).write_text("done\n")
+    for step in saved:
+        checkpoint = str(directory / f"checkpoint-{step}")
+        _measure_once(study, measurements, name, seed, step, checkpoint, log, curve=study.curve_at(step))
+    for checkpoint in directory.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)  # measured; 1.6 GB each with the optimizer state
+
+
+def _read_wall(study: Study) -> dict[str, float]:
+    """``wall_seconds.json``: seconds per part of the study, summed over reruns and parallel processes."""
+    wall_file = study.output_dir / "wall_seconds.json"
+    return json.loads(wall_file.read_text()) if wall_file.exists() else {}
 
 
 def run_study(
@@ -359,7 +363,7 @@ def run_study(
 
     def timed(part: str, started: float) -> None:
         # Summed over reruns (and over processes working on different seeds), so the time is the time spent in all.
-        wall: dict[str, float] = json.loads(wall_file.read_text()) if wall_file.exists() else {}
+        wall = _read_wall(study)
         wall[part] = wall.get(part, 0.0) + time.time() - started
         atomic_write_json(wall_file, wall)
 
@@ -398,7 +402,7 @@ def run_study(
     for seed in range(study.seeds) if only_seed is None else [only_seed]:
         for name, arm in training.items():
             started = time.time()
-            run_training_arm(study, name, arm, dataset, measurements, log, seeds=[seed])
+            run_training_arm(study, name, arm, dataset, measurements, log, seed=seed)
             timed(name, started)
 
     return write_results(study, dataset)
@@ -410,8 +414,7 @@ def write_results(study: Study, dataset: Path) -> dict[str, Any]:
         raise StudyError(f"{dataset} does not exist: run the study (without --report) first.")
     selected = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])
     measurements = Measurements(study.output_dir / "measurements.jsonl")
-    wall_file = study.output_dir / "wall_seconds.json"
-    wall: dict[str, float] = json.loads(wall_file.read_text()) if wall_file.exists() else {}
+    wall = _read_wall(study)
     # Only the configured seeds: a study rerun with fewer seeds reports those, not leftovers of a larger run.
     kept = [r for r in measurements.done.values() if r["seed"] < study.seeds and r["step"] in study.steps]
     records = sorted(kept, key=lambda r: (r["arm"], r["step"], r["seed"]))
