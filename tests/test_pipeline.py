@@ -32,7 +32,7 @@ def test_em_then_grpo_end_to_end_and_the_pushed_folder(tmp_path, tiny_model_dir,
     assert metadata["library_name"] == "transformers"
     assert "2505.20282" in card and "2505.15134" in card
     assert "my-org/tiny-em-grpo" in card  # the quick-start names the repo it would be pushed to
-    assert "phase 1 (EM) optimizer steps | 2" in card and "phase 2 (GRPO) optimizer steps | 2" in card
+    assert "EM (before GRPO) optimizer steps | 2" in card and "GRPO optimizer steps | 2" in card
     assert "tests/fixtures/arithmetic_pool.jsonl" in card
     em_card = (em_dir / "README.md").read_text()
     assert "EM-FT" in em_card and "my-org/tiny-em" in em_card
@@ -41,7 +41,7 @@ def test_em_then_grpo_end_to_end_and_the_pushed_folder(tmp_path, tiny_model_dir,
     capsys.readouterr()
     run_em_then_grpo(config)
     printed = capsys.readouterr().out
-    assert "phase 1 (EM) already complete" in printed and "phase 2 (GRPO) already complete" in printed
+    assert "EM phase already complete" in printed and "GRPO phase already complete" in printed
 
 
 def test_interrupted_phase_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):

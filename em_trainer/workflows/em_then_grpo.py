@@ -150,7 +150,7 @@ def run_em_phase(config: dict[str, Any], start: Path | None = None) -> Path:
 
     directory, settings, data = _phase_settings(config, "em")
     if (directory / PHASE_MARKER).is_file():
-        print(f"[em-trainer] phase 1 (EM) already complete in {directory}; skipping", flush=True)
+        print(f"[em-trainer] EM phase already complete in {directory}; skipping", flush=True)
         return directory
     push = bool(config.get("push_to_hub"))
     args = _em_args(config)
@@ -233,7 +233,7 @@ def load_labeled_dataset(settings: dict[str, Any]):
 
 
 class GRPOAfterEMTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer for phase 2, whose model card tells both phases apart and cites the EM papers."""
+    """TRL's GRPOTrainer for the GRPO phase, whose model card tells both phases apart and cites the EM papers."""
 
     _tag_names = ["trl", "grpo", "em-trainer", "entropy-minimization"]
 
@@ -265,22 +265,23 @@ class GRPOAfterEMTrainer(GRPOTrainer):
             hyperparameters={
                 **(
                     {
-                        "phase 1 (EM) data": self.em_summary.get("dataset"),
-                        "phase 1 (EM) optimizer steps": self.em_summary.get("steps"),
-                        "phase 1 (EM) settings": f"see {self.em_dir / 'README.md'}",
+                        "EM (before GRPO) data": self.em_summary.get("dataset"),
+                        "EM (before GRPO) optimizer steps": self.em_summary.get("steps"),
+                        "EM (before GRPO) settings": f"see {self.em_dir / 'README.md'}",
                     }
                     if self.em_dir is not None
-                    else {"phase 1 (EM)": "none: GRPO from the base model"}
+                    else {"EM before GRPO": "none: GRPO from the base model"}
                 ),
-                "phase 2 (GRPO) data": self.dataset_name,
-                "phase 2 (GRPO) optimizer steps": self.state.global_step,
-                "phase 2 reward": self.reward_description,
-                "phase 2 learning rate": self.args.learning_rate,
-                "phase 2 generations per prompt": self.args.num_generations,
-                "phase 2 sampling temperature": self.args.temperature,
-                "phase 2 KL weight (beta)": self.args.beta,
-                "phase 2 max response length": self.args.max_completion_length,
-                "phase 2 loss": self.args.loss_type,
+                # Named by method, not by phase number: with `order: grpo_then_em` GRPO is the first phase.
+                "GRPO data": self.dataset_name,
+                "GRPO optimizer steps": self.state.global_step,
+                "GRPO reward": self.reward_description,
+                "GRPO learning rate": self.args.learning_rate,
+                "GRPO generations per prompt": self.args.num_generations,
+                "GRPO sampling temperature": self.args.temperature,
+                "GRPO KL weight (beta)": self.args.beta,
+                "GRPO max response length": self.args.max_completion_length,
+                "GRPO loss": self.args.loss_type,
             },
             results={k: v for k, v in last.items() if k == "reward" or k == "entropy" or k.startswith("rewards/")},
             method_description=EM_THEN_GRPO_DESCRIPTION,
@@ -334,7 +335,7 @@ def run_grpo_phase(config: dict[str, Any], em_dir: Path | None) -> Path:
 
     directory, settings, data = _phase_settings(config, "grpo")
     if (directory / PHASE_MARKER).is_file():
-        print(f"[em-trainer] phase 2 (GRPO) already complete in {directory}; skipping", flush=True)
+        print(f"[em-trainer] GRPO phase already complete in {directory}; skipping", flush=True)
         return directory
     reward_name = data.get("reward", "accuracy")
     args = _grpo_args(config)

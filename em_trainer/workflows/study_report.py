@@ -165,21 +165,26 @@ def plot_study(results: dict[str, Any], path: str | Path) -> Path:
     panels = ("greedy_accuracy", "sampled_accuracy", "entropy")
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
     for axis, metric in zip(axes, panels, strict=True):
+        scale = 100.0 if metric in PERCENT else 1.0  # the panel titles say %, as the tables do
         for name in train_arms:
             steps = sorted(aggregate.get(name, {}), key=int)
             xs = [int(s) for s in steps if metric in aggregate[name][s]]
             stats = [aggregate[name][str(x)][metric] for x in xs]
             if not xs:
                 continue
-            mean = [s["mean"] for s in stats]
-            low = [s["mean"] - s["std"] for s in stats]
-            high = [s["mean"] + s["std"] for s in stats]
+            mean = [scale * s["mean"] for s in stats]
+            low = [scale * (s["mean"] - s["std"]) for s in stats]
+            high = [scale * (s["mean"] + s["std"]) for s in stats]
             line = axis.plot(xs, mean, marker="o", label=name)[0]
             axis.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
-        for name in [n for n, a in study["arms"].items() if a["kind"] == "decode"]:
+        decode_arms = [n for n, a in study["arms"].items() if a["kind"] == "decode"]
+        for index, name in enumerate(decode_arms):
             stats = aggregate.get(name, {}).get("0", {}).get(metric)
             if stats:
-                axis.axhline(stats["mean"], linestyle="--", linewidth=1, label=f"{name} (decoding)")
+                # axhline does not advance the colour cycle: without a colour every level line is drawn in C0,
+                # the first training arm's colour. Colours after the training arms', and a style each.
+                colour, style = f"C{(len(train_arms) + index) % 10}", ("--", ":", "-.")[index % 3]
+                axis.axhline(scale * stats["mean"], color=colour, linestyle=style, label=f"{name} (decoding)")
         axis.set_xlabel("optimizer step")
         axis.set_title(LABELS[metric])
     axes[0].legend(fontsize=7)
