@@ -126,6 +126,14 @@ CASES = {
         case("sweep", "--config", "{dir}/study_hot.yaml"),
         "arms.x",
     ),
+    "sweep: --only_seed outside the study's seeds": (
+        case("sweep", "--config", "{dir}/study_hot.yaml", "--only_seed", "9"),
+        "--only_seed 9",
+    ),
+    "sweep: --only_arm that is not a training arm": (
+        case("sweep", "--config", "{dir}/study_hot.yaml", "--only_arm", "base"),
+        "--only_arm base",
+    ),
     "generate: unknown backend": (case("generate", "--prompt", "hi", "--backend", "tpu"), "invalid choice"),
 }
 

@@ -139,6 +139,12 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
         "--output_dir", str(out), "--results_file", str(out / "results.json"),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # One (seed, arm) of the training grid alone, as a second process would take it; the full run then keeps it.
+    alone = subprocess.run([*command, "--only_seed", "1", "--only_arm", "em_ft"], capture_output=True, text=True,
+                           cwd=tmp_path, env=env)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert sorted(p.relative_to(out / "runs").as_posix() for p in out.glob("runs/*/seed-*")) == ["em_ft/seed-1"]
+    trained_alone = (out / "runs" / "em_ft" / "seed-1" / "model.safetensors").stat().st_mtime_ns
     first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -152,6 +158,7 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
             if arm.get("decoding", "plain") == "plain":
                 assert stats["entropy"]["mean"] >= 0 and "skewness" in stats
     assert not list(out.glob("runs/*/seed-*/checkpoint-*")), "measured checkpoints are dropped"
+    assert (out / "runs" / "em_ft" / "seed-1" / "model.safetensors").stat().st_mtime_ns == trained_alone
     # Accuracy against temperature: for the base model and at the curve's steps, reusing greedy and T=0.5.
     curve_steps = study.measure["temperature_steps"]
     temperatures = [str(t) for t in study.measure["temperatures"]]

@@ -53,6 +53,12 @@ def build_study_parser() -> argparse.ArgumentParser:
         help="train and measure this seed's training arms only (run another seed in a second process); "
         "a final run without it gathers every seed",
     )
+    add(
+        parser,
+        "only_arm",
+        help="train and measure this training arm only (with --only_seed: that seed's run of it), so that a second "
+        "process can take another arm of the same seed",
+    )
     add(parser, "report", action="store_true", help="run nothing: write the results JSON from what is measured so far")
     return parser
 
@@ -69,7 +75,10 @@ def run_study_config(argv: list[str]) -> int:
         study.results_file = Path(args.results_file)
     if args.only_seed is not None and not 0 <= args.only_seed < study.seeds:
         raise StudyError(f"--only_seed {args.only_seed}: the study has seeds 0 to {study.seeds - 1}.")
-    results = run_study(study, only_seed=args.only_seed, report_only=args.report)
+    training = [name for name, arm in study.arms.items() if arm["kind"] == "train"]
+    if args.only_arm is not None and args.only_arm not in training:
+        raise StudyError(f"--only_arm {args.only_arm}: the study's training arms are {', '.join(training)}.")
+    results = run_study(study, only_seed=args.only_seed, only_arm=args.only_arm, report_only=args.report)
     report = render_report(results)
     (study.output_dir / "report.md").write_text(report, encoding="utf-8")
     print(report)

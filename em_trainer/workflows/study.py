@@ -348,12 +348,17 @@ def _read_wall(study: Study) -> dict[str, float]:
 
 
 def run_study(
-    study: Study, log: Any = print, only_seed: int | None = None, report_only: bool = False
+    study: Study,
+    log: Any = print,
+    only_seed: int | None = None,
+    only_arm: str | None = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the whole study and write its results JSON; returns that JSON's content.
 
     ``only_seed``: train and measure the training arms for that seed alone, so that a second process can work
     on another seed at the same time (measurements are appended line by line; a final plain run gathers them all).
+    ``only_arm``: the same for one training arm, so that processes can split one seed's arms between them.
     ``report_only``: run nothing; write the results JSON from the measurements taken so far (an unfinished study's
     JSON shows, per arm and step, how many seeds it holds).
     """
@@ -401,6 +406,8 @@ def run_study(
     # Seed by seed across the arms, so a study stopped early has every arm over the same seeds.
     for seed in range(study.seeds) if only_seed is None else [only_seed]:
         for name, arm in training.items():
+            if only_arm is not None and name != only_arm:
+                continue
             started = time.time()
             run_training_arm(study, name, arm, dataset, measurements, log, seed=seed)
             timed(name, started)

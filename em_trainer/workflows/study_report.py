@@ -79,6 +79,13 @@ def render_report(results: dict[str, Any]) -> str:
     lines += _temperature_table(results)
     wall = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in results["wall_seconds"].items())
     lines += ["", f"Wall time (summed over resumed runs): {wall}."]
+    measuring: dict[str, float] = {}
+    for record in results["records"]:
+        measuring[record["arm"]] = measuring.get(record["arm"], 0.0) + record.get("seconds", 0.0)
+    if measuring:
+        # Each record's own seconds are exact whatever happened to the process around it; training is not in them.
+        spent = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in measuring.items())
+        lines += ["", f"Measuring alone (the sum of every measurement's own `seconds`): {spent}."]
     return "\n".join(lines) + "\n"
 
 
