@@ -133,3 +133,28 @@ def test_model_card_names_method_data_and_papers(tiny_model_dir, tokenizer, tmp_
     assert "2505.20282" in card and "2505.15134" in card  # both papers cited
     assert "my-org/prompts" in card and "sampling temperature | 0.5" in card
     assert "None" not in card.split("---")[2].split("## Citations")[0]
+
+
+def test_save_at_steps_keeps_weights_and_only_the_newest_optimizer_state(tiny_model_dir, tmp_path):
+    """`train --save_at_steps`: every listed checkpoint keeps its weights; AdamW state stays in the newest only."""
+    import subprocess
+
+    from .training_cli import ENV, train
+
+    out = tmp_path / "run"
+    first = subprocess.run(
+        [*train(tiny_model_dir, out, 3), "--save_at_steps", "1,2,3"], capture_output=True, text=True, env=ENV
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    for step in (1, 2, 3):
+        checkpoint = out / f"checkpoint-{step}"
+        AutoModelForCausalLM.from_pretrained(checkpoint)  # the weights a study measures
+        assert (checkpoint / "trainer_state.json").is_file()
+        assert (checkpoint / "optimizer.pt").is_file() == (step == 3), step
+    # A longer rerun resumes from the newest checkpoint, whose optimizer state is whole.
+    second = subprocess.run(
+        [*train(tiny_model_dir, out, 4), "--save_at_steps", "1,2,3,4"], capture_output=True, text=True, env=ENV
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "checkpoint-3" in second.stdout + second.stderr
+    assert not (out / "checkpoint-3" / "optimizer.pt").exists() and (out / "checkpoint-4" / "optimizer.pt").is_file()

@@ -41,7 +41,10 @@ class TrainScriptArguments:
     )
     save_at_steps: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated optimizer steps to checkpoint at besides save_steps, e.g. '2,4,10,15'."},
+        metadata={
+            "help": "Comma-separated optimizer steps to checkpoint at besides save_steps, e.g. '2,4,10,15'. Their "
+            "weights are kept; their optimizer state only until a newer checkpoint is complete (resume needs no more)."
+        },
     )
     check: bool = field(
         default=False,
