@@ -30,7 +30,7 @@ STUDY = ROOT / "recipes/configs/smollm2-135m-cpu/replication/study.yaml"
 
 def test_study_config_loads_full_and_quick():
     full, quick = load_study(STUDY), load_study(STUDY, quick=True)
-    # 8 seeds planned, cut evenly to 2 to fit a session (the config and docs/results.md say so).
+    # 8 seeds planned, cut evenly to 2 to fit a session, then 3 (the config and docs/results.md say so).
     assert full.seeds >= 2 and full.steps == [0, 2, 4, 6, 8, 10, 15, 20]
     assert {"base", "em_inf", "adaptive_temperature", "em_ft", "em_rl_token", "em_rl_trajectory"} == set(full.arms)
     assert quick.seeds == 2 and quick.steps == [0, 2] and set(quick.arms) == set(full.arms), "quick cuts, never arms"
