@@ -75,9 +75,10 @@ def run_study_config(argv: list[str]) -> int:
         study.results_file = Path(args.results_file)
     if args.only_seed is not None and not 0 <= args.only_seed < study.seeds:
         raise StudyError(f"--only_seed {args.only_seed}: the study has seeds 0 to {study.seeds - 1}.")
-    training = [name for name, arm in study.arms.items() if arm["kind"] == "train"]
-    if args.only_arm is not None and args.only_arm not in training:
-        raise StudyError(f"--only_arm {args.only_arm}: the study's training arms are {', '.join(training)}.")
+    if args.only_arm is not None and args.only_arm not in study.training_arms:
+        raise StudyError(
+            f"--only_arm {args.only_arm}: the study's training arms are {', '.join(study.training_arms)}."
+        )
     results = run_study(study, only_seed=args.only_seed, only_arm=args.only_arm, report_only=args.report)
     report = render_report(results)
     (study.output_dir / "report.md").write_text(report, encoding="utf-8")
