@@ -125,3 +125,17 @@ def test_eval_command_compares_models_and_sweeps_temperature(tiny_model_dir, tmp
     summary = json.loads((out / "summary.json").read_text())
     assert {s["temperature"] for s in summary} == {0.0, 0.7}
     assert (out / model_tag(tiny_model_dir) / "t0.7" / "gsm8k" / "records.jsonl").is_file()
+
+
+@pytest.mark.parametrize("verb", ["eval", "select", "generate"])
+def test_vllm_enforce_eager_flag_reaches_the_engine_settings(verb):
+    """`--vllm_enforce_eager` becomes vLLM's ``enforce_eager`` (tests/test_vllm.py runs it on the real engine)."""
+    import importlib
+
+    from em_trainer.cli.common import generator_kwargs
+
+    parser = importlib.import_module(f"em_trainer.cli.{verb}").build_parser()
+    required = {"eval": [], "select": ["--pool", "p.jsonl"], "generate": ["--prompt", "hi"]}[verb]
+    eager = generator_kwargs(parser.parse_args([*required, "--vllm_enforce_eager"]))["vllm_kwargs"]
+    assert eager["enforce_eager"] is True and eager["max_model_len"] == 4096
+    assert "enforce_eager" not in generator_kwargs(parser.parse_args(required))["vllm_kwargs"]

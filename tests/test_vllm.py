@@ -85,13 +85,14 @@ def test_selection_runs_on_vllm(generation_report):
 
 def test_generate_cli_with_em_inf_on_vllm():
     result = run_cli("generate", "--backend", "vllm", "--em_inf", "--prompt", "What is 2 + 3?", "--max_new_tokens",
-                     "16", "--vllm_max_model_len", "512")  # fmt: skip
+                     "16", "--vllm_max_model_len", "512", "--vllm_enforce_eager")  # fmt: skip
     assert "EM-INF (default)" in result.stdout and "sample 0" in result.stdout
 
 
 def test_eval_cli_on_vllm(tmp_path):
     result = run_cli("eval", "--backend", "vllm", "--benchmarks", "arithmetic", "--limit", "4", "--max_new_tokens",
-                     "32", "--vllm_max_model_len", "512", "--output_dir", str(tmp_path))  # fmt: skip
+                     "32", "--vllm_max_model_len", "512", "--vllm_enforce_eager",
+                     "--output_dir", str(tmp_path))  # fmt: skip
     assert "arithmetic" in result.stdout
     assert json.loads((tmp_path / "summary.json").read_text())[0]["benchmarks"]["arithmetic"]["total"] == 4
 
@@ -99,5 +100,6 @@ def test_eval_cli_on_vllm(tmp_path):
 def test_select_cli_on_vllm(tmp_path):
     pool = str(FIXTURES / "arithmetic_pool.jsonl")
     run_cli("select", "--backend", "vllm", "--pool", pool, "--k", "2", "--max_new_tokens", "32",
-            "--vllm_max_model_len", "512", "--output", str(tmp_path / "sel.jsonl"))  # fmt: skip
+            "--vllm_max_model_len", "512", "--vllm_enforce_eager",
+            "--output", str(tmp_path / "sel.jsonl"))  # fmt: skip
     assert (tmp_path / "sel.jsonl").read_text().strip()

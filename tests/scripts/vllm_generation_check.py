@@ -37,7 +37,7 @@ def main(out_path: str, fixtures: str, problems: int) -> None:
     started = time.time()
     llm = LLM(
         model=path, dtype="float32", max_model_len=1024, logits_processors=[QUALIFIED_NAME], seed=0,
-        gpu_memory_utilization=0.25, logprobs_mode="processed_logprobs",
+        gpu_memory_utilization=0.25, logprobs_mode="processed_logprobs", enforce_eager=True,
     )  # fmt: skip
     report: dict = {"engine_start_s": time.time() - started, "engine_dtype": str(llm.llm_engine.model_config.dtype)}
     vllm_gen = VLLMGenerator.from_llm(llm)
