@@ -18,6 +18,8 @@ class PlainTokenizer:
 class FakeGenerator:
     """Returns scripted answers per problem (cycled), with a scripted response length."""
 
+    identity = {"backend": "scripted", "model": {"name": "scripted"}}
+
     def __init__(self, answers: dict[str, list[str]], lengths: dict[str, int] | None = None, fail_after=None):
         self.answers, self.lengths = answers, lengths or {}
         self.calls, self.fail_after, self.problems_seen = 0, fail_after, []

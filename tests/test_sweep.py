@@ -57,8 +57,16 @@ def test_sweep_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys):
     assert (out / "score_vs_learning_rate.png").stat().st_size > 1000
 
     # Resume: finished runs are kept; only the run whose marker is gone trains again.
-    (out / "learning_rate=1e-2" / "seed-1" / ".run_complete").unlink()
+    (next(out.glob("learning_rate=1e-2-*")) / "seed-1" / ".run_complete").unlink()
     capsys.readouterr()
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.count(": training") == 1 and printed.count("done, kept") == 3
+
+    # A change to the base config is a new fingerprint: every run trains again, in new folders, the old ones kept.
+    config.write_text(config.read_text().replace("max_completion_length: 4", "max_completion_length: 3"))
+    argv[argv.index("--seeds") + 1] = "1"
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(": training") == 2 and "done, kept" not in printed
+    assert len(list(out.glob("learning_rate=1e-2-*"))) == 2

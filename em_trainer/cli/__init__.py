@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"em-trainer {command}: error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:
+        # argparse refuses a flag in one line and exits; the status is returned like every other refusal's.
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     except KeyboardInterrupt:
         # Progress files are appended unit by unit and checkpoints written atomically: nothing finished is lost.
         print(

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from .common import add, verb_parser
+from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, add, verb_parser
 
 HELP = "`analyze logits`: raw-logit mean/std/skewness, entropy and top-1 probability per model, with histograms"
 
@@ -17,13 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("what", choices=["logits"], help="what to analyse")
     add(parser, "model", action="append", required=True, help="NAME=PATH (or PATH); repeat to compare")
     add(parser, "prompts", help=".txt (one per line) or .jsonl/.parquet/.csv; default: the one-shot prompt")
-    add(parser, "limit", type=int, help="first N prompts")
-    add(parser, "samples", type=int, default=2, help="sampled responses per prompt")
-    add(parser, "temperature", type=float, default=0.5, help="sampling temperature (0 = greedy)")
-    add(parser, "max_new_tokens", type=int, default=256)
-    add(parser, "histogram_sample", type=int, default=200_000, help="logit values kept for the histogram")
+    add(parser, "limit", type=POSITIVE_INT, help="first N prompts")
+    add(parser, "samples", type=POSITIVE_INT, default=2, help="sampled responses per prompt")
+    add(parser, "temperature", type=NON_NEGATIVE_FLOAT, default=0.5, help="sampling temperature (0 = greedy)")
+    add(parser, "max_new_tokens", type=POSITIVE_INT, default=256)
+    add(parser, "histogram_sample", type=POSITIVE_INT, default=200_000, help="logit values kept for the histogram")
     add(parser, "output_dir", default="outputs/analysis")
-    add(parser, "seed", type=int, default=0)
+    add(parser, "seed", type=NON_NEGATIVE_INT, default=0)
     return parser
 
 
@@ -46,6 +46,8 @@ def main(argv: list[str]) -> int:
     from ..evaluation.analysis import collect_logit_statistics, plot_logit_histograms
 
     args = build_parser().parse_args(argv)
+    if args.what != "logits":  # the only analysis so far; argparse's choices already refuse others
+        raise ValueError(f"analyze {args.what}: only `analyze logits` exists.")
     prompts = _read_prompts(args.prompts, args.limit)
     reports, samples = {}, {}
     for item in args.model:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, NoReturn
 
 from ..core.config import EMConfigError
 from ..data.models import ModelResolutionError
@@ -41,8 +41,55 @@ def config_file_arg(argv: list[str]) -> str | None:
     return None
 
 
+class VerbParser(argparse.ArgumentParser):
+    """argparse with a one-line refusal: ``em-trainer eval: error: argument --limit: -1: must be >= 1``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def verb_parser(verb: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"em-trainer {verb}", description=description)
+    return VerbParser(prog=f"em-trainer {verb}", description=description)
+
+
+class Bounded:
+    """An argparse ``type`` with its domain: ``Bounded(int, 1)`` takes integers >= 1, ``Bounded(float, 0, above=True)``
+    numbers > 0. A value outside it is refused at parsing time, in one line that names the flag and the domain. The
+    flag walk of the tests reads ``minimum``/``above``/``maximum`` to try a value outside each domain."""
+
+    def __init__(
+        self, kind: type, minimum: float | None = None, above: bool = False, maximum: float | None = None
+    ) -> None:
+        self.kind, self.minimum, self.above, self.maximum = kind, minimum, above, maximum
+        self.__name__ = kind.__name__  # argparse names the type in its messages
+
+    def __call__(self, text: str) -> Any:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            kind = "an integer" if self.kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"'{text}' is not {kind}") from None
+        if value != value:  # NaN
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number")
+        if self.minimum is not None and (value < self.minimum or (self.above and value == self.minimum)):
+            raise argparse.ArgumentTypeError(f"{text}: must be {'>' if self.above else '>='} {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise argparse.ArgumentTypeError(f"{text}: must be <= {self.maximum:g}")
+        return value
+
+
+POSITIVE_INT = Bounded(int, 1)
+NON_NEGATIVE_INT = Bounded(int, 0)
+NON_NEGATIVE_FLOAT = Bounded(float, 0)
+POSITIVE_FLOAT = Bounded(float, 0, above=True)
+PROBABILITY = Bounded(float, 0, above=True, maximum=1)
+
+
+def refuse_unused(args: argparse.Namespace, names: list[str], reason: str) -> None:
+    """Refuse, in one line, flags that were given but would have no effect (``reason`` says why)."""
+    given = [name for name in names if getattr(args, name) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join('--' + n for n in given)} would have no effect: {reason}.")
 
 
 def flag(name: str) -> list[str]:
@@ -61,12 +108,13 @@ def add_sampling_arguments(
     parser: argparse.ArgumentParser, temperature_help: str, max_new_tokens: int | None, max_new_tokens_help: str = ""
 ) -> None:
     """The six flags that build a SamplingSettings: temperature, top_p, top_k, n, max_new_tokens, seed."""
-    add(parser, "temperature", type=float, help=temperature_help)
-    add(parser, "top_p", type=float, default=1.0, help="nucleus sampling mass")
-    add(parser, "top_k", type=int, default=0, help="0 = no top-k cut")
-    add(parser, "n", type=int, default=1, help="samples per prompt")
-    add(parser, "max_new_tokens", type=int, default=max_new_tokens, help=max_new_tokens_help or "response budget")
-    add(parser, "seed", type=int, default=0)
+    add(parser, "temperature", type=NON_NEGATIVE_FLOAT, help=temperature_help)
+    add(parser, "top_p", type=PROBABILITY, default=1.0, help="nucleus sampling mass")
+    add(parser, "top_k", type=NON_NEGATIVE_INT, default=0, help="0 = no top-k cut")
+    add(parser, "n", type=POSITIVE_INT, default=1, help="samples per prompt")
+    budget_help = max_new_tokens_help or "response budget"
+    add(parser, "max_new_tokens", type=POSITIVE_INT, default=max_new_tokens, help=budget_help)
+    add(parser, "seed", type=NON_NEGATIVE_INT, default=0)
 
 
 def sampling_settings(
@@ -91,7 +139,7 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="weights' dtype for either backend: auto (the checkpoint's), float32, ...",
     )
-    add(parser, "vllm_max_model_len", type=int, default=4096, help="vLLM context length (prompt + response)")
+    add(parser, "vllm_max_model_len", type=POSITIVE_INT, help="vLLM context length (prompt + response); default 4096")
     add(
         parser,
         "vllm_enforce_eager",
@@ -102,8 +150,15 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def generator_kwargs(args: argparse.Namespace, batch_size: int | None = None) -> dict[str, Any]:
-    """What the backend flags ask of ``make_generator``: HF's dtype and batch size, vLLM's engine settings."""
-    kwargs: dict[str, Any] = {"vllm_kwargs": {"dtype": args.dtype, "max_model_len": args.vllm_max_model_len}}
+    """What the backend flags ask of ``make_generator``: HF's dtype and batch size, vLLM's engine settings. vLLM's
+    flags on a run that decodes with HF are refused rather than dropped."""
+    from ..decoding.generation import will_use_vllm
+
+    if not will_use_vllm(args.backend):
+        refuse_unused(args, ["vllm_max_model_len", "vllm_enforce_eager"], "they set up vLLM, and this run decodes "
+                      "with HF generate (--backend vllm to use vLLM)")  # fmt: skip
+    max_model_len = args.vllm_max_model_len or 4096
+    kwargs: dict[str, Any] = {"vllm_kwargs": {"dtype": args.dtype, "max_model_len": max_model_len}}
     if args.vllm_enforce_eager:
         kwargs["vllm_kwargs"]["enforce_eager"] = True
     if args.dtype != "auto":
@@ -116,17 +171,20 @@ def generator_kwargs(args: argparse.Namespace, batch_size: int | None = None) ->
 def add_em_inf_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("EM-INF (entropy minimization at decoding time)")
     add(group, "em_inf", action="store_true", help="minimise each step's entropy before sampling")
-    group.add_argument(*flag("em_inf_preset"), "--preset", default="default", choices=list(PRESETS))
-    add(group, "em_inf_threshold", type=float, help="override the preset's entropy threshold")
-    add(group, "em_inf_kl_weight", type=float)
-    add(group, "em_inf_lr", type=float)
-    add(group, "em_inf_steps", type=int)
+    group.add_argument(*flag("em_inf_preset"), "--preset", choices=list(PRESETS), help="default: 'default'")
+    add(group, "em_inf_threshold", type=NON_NEGATIVE_FLOAT, help="override the preset's entropy threshold")
+    add(group, "em_inf_kl_weight", type=NON_NEGATIVE_FLOAT)
+    add(group, "em_inf_lr", type=POSITIVE_FLOAT)
+    add(group, "em_inf_steps", type=POSITIVE_INT)
 
 
 def em_inf_settings(args: argparse.Namespace) -> EMInfSettings | None:
     """The EM-INF settings the flags ask for (the preset with explicit overrides), or None without --em_inf."""
+    tuning = ["em_inf_preset", "em_inf_threshold", "em_inf_kl_weight", "em_inf_lr", "em_inf_steps"]
     if not args.em_inf:
+        refuse_unused(args, tuning, "EM-INF is off; add --em_inf to decode with it")
         return None
+    args.em_inf_preset = args.em_inf_preset or "default"
     overrides = {
         "threshold": args.em_inf_threshold,
         "kl_weight": args.em_inf_kl_weight,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..data.models import describe_model
 from ..data.prompts import MATH_SYSTEM_PROMPT
 from ..evaluation.benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS
 from . import common
@@ -15,7 +16,7 @@ HELP = "score models on math (MATH500, Minerva, OlympiadBench, AMC23, AIME24, GS
 
 
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+    return [common.NON_NEGATIVE_FLOAT(x.strip()) for x in text.split(",") if x.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,13 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         "response budget in tokens; default 3072 for math, 512 for code benchmarks",
     )
     add(parser, "temperatures", type=_floats, help="comma list: a sweep, plotted to temperature_sweep.png")
-    add(parser, "limit", type=int, help="first N problems of each benchmark")
-    add(parser, "batch_size", type=int, default=8, help="prompts per generate call (HF backend)")
+    add(parser, "limit", type=common.POSITIVE_INT, help="first N problems of each benchmark")
+    add(parser, "batch_size", type=common.POSITIVE_INT, default=8, help="prompts per generate call (HF backend)")
     common.add_backend_argument(parser)
     add(parser, "system_prompt", default=MATH_SYSTEM_PROMPT, help="'' for none")
-    add(
-        parser, "majority", type=int, help="self-consistency: K samples per problem, score the majority answer (maj@K)"
-    )
+    majority_help = "self-consistency: K samples per problem, score the majority answer (maj@K)"
+    add(parser, "majority", type=common.Bounded(int, 2), help=majority_help)
     common.add_em_inf_arguments(parser)
     return parser
 
@@ -56,9 +56,12 @@ def main(argv: list[str]) -> int:
         raise EvaluationError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     for benchmark in benchmarks:  # fail on a missing benchmark before loading any model
         load_benchmark(benchmark, args.data_dir, limit=1)
+    if args.temperature is not None and args.temperatures:
+        raise EvaluationError("--temperature and --temperatures both given: pass one (a sweep lists every T).")
     if args.majority is not None:
-        if args.majority < 2:
-            raise EvaluationError(f"--majority {args.majority}: a majority vote needs at least 2 samples per problem.")
+        if args.n not in (1, args.majority):
+            raise EvaluationError(f"--n {args.n} and --majority {args.majority}: maj@K samples K per problem; "
+                                  "pass only --majority.")  # fmt: skip
         args.n = args.majority
         if not (args.temperature or args.temperatures):
             raise EvaluationError(
@@ -74,7 +77,7 @@ def main(argv: list[str]) -> int:
         generator = make_generator(
             model, backend=args.backend, em_inf=em_inf, **common.generator_kwargs(args, args.batch_size)
         )
-        label = f"{model}+em-inf-{args.em_inf_preset}" if args.em_inf else model
+        label = describe_model(model) + (f"+em-inf-{args.em_inf_preset}" if args.em_inf else "")
         for temperature in temperatures:
             for benchmark in benchmarks:
                 results.append(

@@ -28,6 +28,9 @@ def main(argv: list[str]) -> int:
     from ..decoding.generation import make_generator
 
     args = build_parser().parse_args(argv)
+    if args.raw and args.system_prompt is not None:
+        raise ValueError("--system_prompt and --raw: a raw prompt skips the chat template, which holds the system "
+                         "prompt; drop one of them.")  # fmt: skip
     em_inf = common.em_inf_settings(args)
     temperature = args.temperature
     if temperature is None:

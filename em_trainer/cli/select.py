@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 
 from ..data.models import DEFAULT_MODEL
-from .common import add, add_backend_argument, check_models, generator_kwargs, verb_parser
+from .common import (
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    Bounded,
+    add,
+    add_backend_argument,
+    check_models,
+    generator_kwargs,
+    verb_parser,
+)
 
 HELP = "rank a prompt pool by pass@k variance and write the one-shot training set"
 
@@ -19,18 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     add(parser, "model", default=DEFAULT_MODEL)
     add(parser, "pool", required=True, help="Hub id or local .jsonl/.parquet/.csv with problems (+answers)")
     add(parser, "split", default="train")
-    add(parser, "k", type=int, default=8, help="samples per prompt")
-    add(parser, "top", type=int, default=1, help="prompts to write")
+    add(parser, "k", type=Bounded(int, 2), default=8, help="samples per prompt")
+    add(parser, "top", type=POSITIVE_INT, default=1, help="prompts to write")
     add(parser, "output", default="outputs/selected.jsonl")
     add(parser, "labels", choices=["gold", "none"], default="gold", help="'none': agreement with majority")
-    add(parser, "temperature", type=float, default=0.5, help="the training temperature")
-    add(parser, "max_new_tokens", type=int, default=2048)
+    add(parser, "temperature", type=POSITIVE_FLOAT, default=0.5, help="the training temperature")
+    add(parser, "max_new_tokens", type=POSITIVE_INT, default=2048)
     add(parser, "problem_column", help="default: problem, question or prompt")
     add(parser, "answer_column", help="default: answer, final_answer, or the boxed answer of solution")
-    add(parser, "limit", type=int, help="first N rows of the pool")
-    add(parser, "batch_size", type=int, default=8, help="prompts per generate call")
+    add(parser, "limit", type=POSITIVE_INT, help="first N rows of the pool")
+    add(parser, "batch_size", type=POSITIVE_INT, default=8, help="prompts per generate call")
     add_backend_argument(parser)
-    add(parser, "seed", type=int, default=0)
+    add(parser, "seed", type=NON_NEGATIVE_INT, default=0)
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import add, config_file_arg, verb_parser
+from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, add, config_file_arg, verb_parser
 
 HELP = "train over seeds and a grid, evaluate each run, aggregate mean/std/min/max, plot"
 
@@ -17,17 +17,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Options not listed here are passed to every `em-trainer train` run.",
     )
     add(parser, "config", required=True, help="the em-trainer train YAML every run starts from")
-    add(parser, "seeds", type=int, default=16)
-    add(parser, "first_seed", type=int, default=0)
+    add(parser, "seeds", type=POSITIVE_INT, default=16)
+    add(parser, "first_seed", type=NON_NEGATIVE_INT, default=0)
     add(parser, "grid", action="append", default=[], help="field=v1,v2,... (repeat for a product)")
     add(parser, "eval", default="", help="benchmarks to score each run on, e.g. math500,amc23")
     add(parser, "eval_checkpoints", action="store_true", help="also score every step checkpoint (Fig. 2)")
-    add(parser, "save_steps", type=int, default=1, help="checkpoint spacing with --eval_checkpoints")
+    add(parser, "save_steps", type=POSITIVE_INT, default=1, help="checkpoint spacing with --eval_checkpoints")
     add(parser, "data_dir")
-    add(parser, "limit", type=int)
-    add(parser, "max_new_tokens", type=int, default=3072)
-    add(parser, "eval_temperature", type=float, default=0.0)
-    add(parser, "batch_size", type=int, default=8)
+    add(parser, "limit", type=POSITIVE_INT)
+    add(parser, "max_new_tokens", type=POSITIVE_INT, default=3072)
+    add(parser, "eval_temperature", type=NON_NEGATIVE_FLOAT, default=0.0)
+    add(parser, "batch_size", type=POSITIVE_INT, default=8)
     add(parser, "output_dir", default="outputs/sweep")
     add(
         parser,
@@ -49,7 +49,7 @@ def build_study_parser() -> argparse.ArgumentParser:
     add(
         parser,
         "only_seed",
-        type=int,
+        type=NON_NEGATIVE_INT,
         help="train and measure this seed's training arms only (run another seed in a second process); "
         "a final run without it gathers every seed",
     )
@@ -90,10 +90,13 @@ def run_study_config(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    from ..data.files import read_yaml_mapping
     from ..workflows.study import is_study_config
     from ..workflows.sweep import parse_grid, run_sweep, summary_table
 
     config = config_file_arg(argv)
+    if config is not None:
+        read_yaml_mapping(config, "--config")
     if config is not None and is_study_config(config):
         return run_study_config(argv)
     args, extra = build_parser().parse_known_args(argv)

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+RUN_IDENTITY_FILE = "run_identity.json"
 HELP = "entropy-minimization fine-tuning (one-shot EM); every EMConfig field is an option"
 
 
@@ -67,6 +68,37 @@ def _steps(text: str) -> list[int]:
     return steps
 
 
+# Fields that name where a run goes or how it reports, not what it computes: left out of its identity. The seed is
+# left out too because a sweep names each seed's folder itself (``seed-N``).
+_NOT_IDENTITY = ("output_dir", "run_name", "seed", "report_to", "disable_tqdm", "resume_from_checkpoint", "check")
+_NOT_IDENTITY_PREFIXES = ("hub_", "push_to_hub", "logging_", "log_", "save_", "report_")
+
+
+def run_identity(script_args: Any, config: Any, model_args: Any, model_ref: str | None) -> dict[str, Any]:
+    """Everything a training run's result depends on: the whole resolved config (every EMConfig/GRPOConfig field,
+    the script and model flags), the model's identity (weights' content, or Hub id and revision) and the dataset's
+    (a local file's content digest, or the Hub id and split). Where results go and how they are reported is not."""
+    from dataclasses import asdict
+
+    from ..data.identity import file_digest, model_identity
+
+    def keep(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if k not in _NOT_IDENTITY and not k.startswith(_NOT_IDENTITY_PREFIXES)}
+
+    dataset: dict[str, Any] = {"source": script_args.dataset or "one-shot prompt (pi1)"}
+    if script_args.dataset and os.path.isfile(script_args.dataset):
+        from pathlib import Path
+
+        dataset["digest"] = file_digest(Path(script_args.dataset))
+    return {
+        "script": keep(asdict(script_args)),
+        "config": keep(config.to_dict()),
+        "model_flags": keep(asdict(model_args)),
+        "model": model_identity(model_ref or "smollm2-135m-instruct", model_args.model_revision),
+        "dataset": dataset,
+    }
+
+
 def build_parser() -> Any:
     from trl import ModelConfig, TrlParser
 
@@ -87,19 +119,24 @@ def main(argv: list[str]) -> int:
     from ..core.callbacks import SaveAtSteps, StopOnSignal
     from ..core.checkpoints import last_complete_checkpoint
     from ..core.trainer import EMTrainer
-    from ..data.files import check_writable_dir
+    from ..data.files import atomic_write_json, check_writable_dir, read_yaml_mapping
+    from ..data.identity import fingerprint
     from ..data.models import check_causal_lm, resolve_model
     from ..data.paths import resolve_config_path
     from ..data.prompts import load_prompt_dataset
     from ..evaluation.analysis import fresh_sample_entropy
     from ..evaluation.dev_set import build_dev_set_scorer
     from .common import config_file_arg
+    from .model_flags import model_loading, tokenizer_kwargs
 
+    config_file = config_file_arg(argv)
+    if config_file is not None:
+        read_yaml_mapping(config_file, "--config")  # a folder, bad YAML or a list: one line, not a parser traceback
     script_args, config, model_args = build_parser().parse_args_and_config(argv)
     save_at_steps = _steps(script_args.save_at_steps) if script_args.save_at_steps else None  # checked before loading
-    config_file = config_file_arg(argv)
     script_args.dataset = resolve_config_path(script_args.dataset, config_file, "dataset")
     model_ref = resolve_config_path(script_args.model or model_args.model_name_or_path, config_file, "model")
+    quantization = model_loading(model_args, config, script_args.model or model_ref)
     model_path = resolve_model(model_ref)
     check_causal_lm(model_path)
     dataset = load_prompt_dataset(
@@ -108,14 +145,17 @@ def main(argv: list[str]) -> int:
     if config.output_dir in (None, "trainer_output"):
         config.output_dir = os.path.join("outputs", f"{os.path.basename(model_path.rstrip('/'))}-EM")
     check_writable_dir(config.output_dir)
+    identity = run_identity(script_args, config, model_args, model_ref)
     if script_args.check:
         EMTrainer._check_dataset_fits_batch(dataset, config)
         print(f"[em-trainer] check passed: {model_path}, {len(dataset)} prompt(s), output in {config.output_dir}")
+        print(f"[em-trainer] run fingerprint: {fingerprint(identity)}")
         return 0
-    if model_args.dtype not in (None, "auto"):
-        config.model_init_kwargs = {**(config.model_init_kwargs or {}), "dtype": model_args.dtype}
+    atomic_write_json(os.path.join(config.output_dir, RUN_IDENTITY_FILE), identity)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left", truncation_side="left")
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, padding_side="left", truncation_side="left", **tokenizer_kwargs(config)
+    )
     prompts = [dataset[0]["prompt"]]
     length = script_args.report_max_new_tokens or config.max_completion_length
 
@@ -127,7 +167,9 @@ def main(argv: list[str]) -> int:
         return stats
 
     if script_args.report_entropy_samples > 0:
-        before_model = AutoModelForCausalLM.from_pretrained(model_path, **(config.model_init_kwargs or {}))
+        before_model = AutoModelForCausalLM.from_pretrained(
+            model_path, quantization_config=quantization, **(config.model_init_kwargs or {})
+        )
         before = report("entropy of fresh samples BEFORE training", before_model)
         del before_model
 
@@ -137,6 +179,7 @@ def main(argv: list[str]) -> int:
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        quantization_config=quantization,
         dev_set_scorer=build_dev_set_scorer(config, tokenizer),
     )
     if save_at_steps:
@@ -159,6 +202,7 @@ def main(argv: list[str]) -> int:
         )
         return 130
     trainer.save_model(config.output_dir)
+    trainer.save_state()  # the whole log history beside the final weights (a sweep's final loss is read from it)
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(dataset_name=script_args.dataset or "one-shot EM prompt (pi1)")
     if config.push_to_hub:

@@ -99,10 +99,18 @@ class DevSetEarlyStopping(TrainerCallback):
         weights = {}
         for shard in sorted(self.best_dir(args).glob("*.safetensors")):
             weights.update(load_file(str(shard)))
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        tied = {k for k in missing if "lm_head" in k}  # tied embeddings are not saved twice
-        if set(missing) - tied or unexpected:
-            raise RuntimeError(f"Could not restore the best weights: missing {missing}, unexpected {unexpected}.")
+        if hasattr(model, "peft_config"):
+            # A LoRA model saved only its adapter (PEFT's key names, without the adapter's name): PEFT puts it back.
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(model, weights)
+            if not weights or result.unexpected_keys:
+                raise RuntimeError(f"Could not restore the best adapter: unexpected {result.unexpected_keys}.")
+        else:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+            tied = {k for k in missing if "lm_head" in k}  # tied embeddings are not saved twice
+            if set(missing) - tied or unexpected:
+                raise RuntimeError(f"Could not restore the best weights: missing {missing}, unexpected {unexpected}.")
         if state.is_world_process_zero:
             summary = {"best_step": self.best_step, "best_score": self.best_score, "history": self.history}
             atomic_write_json(Path(args.output_dir) / "early_stopping.json", summary)

@@ -76,7 +76,9 @@ class EMConfig(GRPOConfig):
             old log-probs, EM-RL reward), each checked once against the plain path.
         entropy_temperature (`float` or `None`, *optional*, defaults to `None`):
             Temperature T of the distribution softmax(logits / T) whose entropy is minimised; None means the sampling
-            temperature, as in the paper. The KL term, when beta > 0, is computed at the same temperature.
+            temperature, as in the paper. The KL term, when beta > 0, is computed at the same temperature. EM-FT
+            only: EM-RL (``objective="neg_entropy_reward"``) refuses a second temperature, since its policy log-probs
+            must be taken at the temperature the samples were drawn at.
 
         > The paper's recipe: GRPOConfig fields whose defaults EMConfig changes
 
@@ -292,6 +294,18 @@ class EMConfig(GRPOConfig):
             raise EMConfigError("early_stopping_eval_steps and early_stopping_patience must be >= 1.")
         if self.entropy_temperature is not None and self.entropy_temperature <= 0:
             raise EMConfigError(f"entropy_temperature must be > 0, got {self.entropy_temperature}.")
+        if (
+            self.objective == "neg_entropy_reward"
+            and self.entropy_temperature is not None
+            and self.entropy_temperature != self.temperature
+        ):
+            # One forward gives EM-RL both the policy log-probs and the entropy reward; a second temperature there
+            # would take GRPO's log-probs at a temperature the samples were not drawn at.
+            raise EMConfigError(
+                f"entropy_temperature={self.entropy_temperature} with objective='neg_entropy_reward': EM-RL's policy "
+                f"log-probs must come from the sampling temperature ({self.temperature}); unset entropy_temperature "
+                "(it applies to EM-FT's loss)."
+            )
         if self.temperature <= 0:
             raise EMConfigError(
                 f"temperature={self.temperature}: EM samples responses, so the temperature must be > 0 (paper: 0.5)."

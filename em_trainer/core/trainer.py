@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -581,12 +582,17 @@ class EMTrainer(GRPOTrainer):
                 for key in [k for k in metrics if k.startswith(prefix) or k in _REWARD_KEYS]:
                     del metrics[key]
             self._logs["rewards"].pop(_PLACEHOLDER_REWARD, None)
-            self._logs["advantages"].clear()
+            # EM-FT has no advantage; the column stays aligned with the logged prompts and completions (TRL's
+            # completions table indexes them together), filled with NaN rather than the placeholder's zeros.
+            advantages = self._logs["advantages"]
+            count = len(advantages)
+            advantages.clear()
+            advantages.extend([math.nan] * count)
         super().log(logs, start_time)
 
     def _card_hyperparameters(self) -> dict[str, Any]:
         args = self.args
-        peft = None
+        peft = getattr(self, "_merged_lora", None)  # set when a recipe merged the adapter into the weights
         if is_peft_model(self.model):
             config = self.model.peft_config.get("default")
             peft = (

@@ -51,3 +51,36 @@ def check_writable_dir(path: str | os.PathLike, field: str = "output_dir") -> No
         raise OutputDirError(
             f"{field}={path}: cannot write there ({reason}); pass a directory you can write to."
         ) from None
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be used: missing, a folder, not YAML, or not a mapping. The message says which."""
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict[str, Any]:
+    """A YAML file's top-level mapping (empty file: ``{}``), or one line that names the file and what is wrong."""
+    import yaml
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigFileError(f"{what} {path} is a directory; pass a YAML file (e.g. {path}/config.yaml).")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigFileError(f"{what} {path} not found; check the path.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigFileError(f"{what} {path} cannot be read as text ({error}).") from None
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        reason = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigFileError(f"{what} {path} is not valid YAML{line} ({reason}); fix the syntax.") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigFileError(
+            f"{what} {path} holds a YAML {type(content).__name__}, not a mapping; write `key: value` lines."
+        )
+    return content

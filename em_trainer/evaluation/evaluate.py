@@ -2,15 +2,21 @@
 
 Results layout (``output_dir``)::
 
-    <model-tag>/t<temperature>/<benchmark>/records.jsonl   one line per sample, appended as produced
-    <model-tag>/t<temperature>/<benchmark>/summary.json    accuracy and counts once the benchmark is complete
+    <model-tag>-<model hash>/t<temperature>/<benchmark>-<settings hash>/identity.json  everything the results depend on
+    <model-tag>-<model hash>/t<temperature>/<benchmark>-<settings hash>/records.jsonl  one line per sample, appended
+    <model-tag>-<model hash>/t<temperature>/<benchmark>-<settings hash>/summary.json   accuracy and counts
     summary.json, summary.md                               every model x benchmark, with the average
 
-An interrupted evaluation resumes from ``records.jsonl``: finished samples are neither regenerated nor lost.
+The hashes are fingerprints (``data/identity``): the model's by its weights' content (or Hub id and revision), the
+settings' by the model, backend, dtype, batch size, logits processors (EM-INF), every sampling setting, the system
+prompt, the chat template, the benchmark's rows and the limit. An interrupted evaluation with the same identity
+resumes from ``records.jsonl``: finished samples are neither regenerated nor lost. Any change gives another folder, a
+fresh computation and a line that names what changed.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.files import atomic_write_json, atomic_write_text
+from ..data.identity import changed_fields, fingerprint, readable_name, text_digest
 from ..data.prompts import MATH_SYSTEM_PROMPT, render_chat
 from ..decoding.generation import Generator, SamplingSettings
 from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS, EvaluationError, load_benchmark
@@ -94,7 +101,8 @@ def evaluate_benchmark(
     is_code = BENCHMARKS[benchmark].kind == "code"
     if is_code and system_prompt == MATH_SYSTEM_PROMPT:
         system_prompt = CODE_SYSTEM_PROMPT  # the math default asks for a boxed answer, which code tasks cannot give
-    folder = Path(output_dir) / model_tag(model) / temperature_tag(settings.temperature) / benchmark
+    identity = evaluation_identity(generator, tokenizer, benchmark, rows, settings, system_prompt, limit, chunk_size)
+    folder = result_folder(output_dir, model, identity, benchmark, settings.temperature, progress)
     records = RecordFile(folder / "records.jsonl")
     done = {(r["index"], r["sample"]) for r in records.read()}
     todo = [row for row in rows if any((row["index"], s) not in done for s in range(settings.n))]
@@ -170,6 +178,69 @@ def evaluate_benchmark(
     )
     atomic_write_json(folder / "summary.json", {**asdict(result), "accuracy": result.accuracy})
     return result
+
+
+def evaluation_identity(
+    generator: Generator,
+    tokenizer: Any,
+    benchmark: str,
+    rows: Sequence[dict[str, Any]],
+    settings: SamplingSettings,
+    system_prompt: str | None,
+    limit: int | None,
+    chunk_size: int,
+) -> dict[str, Any]:
+    """Everything an evaluation's records depend on. The chunk size is in it because each chunk's sampling seed is
+    ``seed + its first index`` and its left padding depends on its prompts."""
+    generator_identity = getattr(generator, "identity", None)
+    if generator_identity is None:
+        raise TypeError(
+            f"{type(generator).__name__} has no `identity` (a dict of everything that determines its samples); "
+            "results are stored under it, so a generator must say what it is."
+        )
+    return {
+        "generator": generator_identity,
+        "sampling": asdict(settings),
+        "system_prompt": system_prompt,
+        "chat_template": text_digest(getattr(tokenizer, "chat_template", None)),
+        "benchmark": benchmark,
+        "data": fingerprint([[r["index"], r["problem"], r["gold"]] for r in rows]),
+        "limit": limit,
+        "chunk_size": chunk_size,
+    }
+
+
+def result_folder(
+    output_dir: str | Path,
+    model: str,
+    identity: dict[str, Any],
+    benchmark: str,
+    temperature: float,
+    progress: Callable[[str], None] | None = print,
+) -> Path:
+    """The folder of this identity's records (created, with ``identity.json``). Records of other settings for the
+    same model, temperature and benchmark are left where they are, and a line says what differs from them."""
+    say = progress or (lambda _line: None)
+    model_folder = readable_name(model_tag(model), fingerprint(identity["generator"]["model"]))
+    parent = Path(output_dir) / model_folder / temperature_tag(temperature)
+    folder = parent / readable_name(benchmark, fingerprint(identity))
+    if not (folder / "identity.json").is_file():
+        for other in sorted(parent.glob(f"{benchmark}-*/identity.json")):
+            if other.parent.name.rsplit("-", 1)[0] != benchmark:
+                continue
+            try:
+                changes = changed_fields(json.loads(other.read_text(encoding="utf-8")), identity)
+            except ValueError:
+                continue
+            say(f"[eval] {benchmark}: not reusing {other.parent} (other settings: {'; '.join(changes[:4])}); "
+                "computing afresh")  # fmt: skip
+        legacy = Path(output_dir) / model_tag(model) / temperature_tag(temperature) / benchmark / "records.jsonl"
+        if legacy.is_file():
+            say(f"[eval] {benchmark}: not reusing {legacy.parent}: written before results recorded their settings, "
+                "so they cannot be matched to these; computing afresh")  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "identity.json", identity)
+    return folder
 
 
 def majority_vote_accuracy(groups: Sequence[Sequence[dict[str, Any]]]) -> float:

@@ -11,7 +11,6 @@ without resampling what is done.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.files import atomic_write_json, atomic_write_text
+from ..data.identity import fingerprint, text_digest
 from ..data.labels import PROBLEM_COLUMNS, last_boxed, pick_column, pool_answer
 from ..data.prompts import BOXED_INSTRUCTION, format_problem, render_chat
 from ..data.sources import load_pool
@@ -102,9 +102,30 @@ def majority_agreement(extracted: Sequence[str | None], same: Callable[[str, str
     return [i in majority for i in range(len(extracted))]
 
 
-def _settings_fingerprint(settings: SamplingSettings, labels: str, model: str, instruction: str | None) -> str:
-    text = json.dumps({"settings": asdict(settings), "labels": labels, "model": model, "instruction": instruction})
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+def _settings_fingerprint(
+    generator: Generator,
+    tokenizer: Any,
+    settings: SamplingSettings,
+    labels: str,
+    instruction: str | None,
+    batch_size: int,
+) -> str:
+    """Everything a prompt's statistics depend on besides the prompt and its answer (checked per record): the
+    generator's identity (model weights, backend, dtype, processors), the sampling settings, the labels mode, the
+    instruction, the chat template and the batch size (each batch's seed is ``seed + its first index``)."""
+    generator_identity = getattr(generator, "identity", None)
+    if generator_identity is None:
+        raise SelectionError(f"{type(generator).__name__} has no `identity`; progress is stored under it.")
+    return fingerprint(
+        {
+            "generator": generator_identity,
+            "settings": asdict(settings),
+            "labels": labels,
+            "instruction": instruction,
+            "chat_template": text_digest(getattr(tokenizer, "chat_template", None)),
+            "batch_size": batch_size,
+        }
+    )
 
 
 @dataclass
@@ -141,9 +162,15 @@ def select_prompts(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = SamplingSettings(temperature=temperature, n=k, max_new_tokens=max_new_tokens, seed=seed)
-    fingerprint = _settings_fingerprint(settings, labels, model, instruction)
+    settings_key = _settings_fingerprint(generator, tokenizer, settings, labels, instruction, batch_size)
     progress_file = RecordFile(output.with_name(output.stem + ".progress.jsonl"))
-    done = {r["index"]: r for r in progress_file.read() if r.get("fingerprint") == fingerprint}
+    stored = [r for r in progress_file.read() if r.get("fingerprint") == settings_key]
+    other = sum(1 for r in progress_file.read() if r.get("fingerprint") != settings_key)
+    if other and progress:
+        print(f"[select] {other} stored prompt results come from other settings (model, sampling, template, ...): "
+              "not reused, computed afresh")  # fmt: skip
+    done_candidates = {r["index"]: r for r in stored}
+    done: dict[int, dict[str, Any]] = {}
 
     bad_rows: list[dict[str, Any]] = []
     todo: list[tuple[int, str, str | None]] = []
@@ -163,7 +190,10 @@ def select_prompts(
             if not is_parseable(answer):
                 bad_rows.append({"index": index, "reason": f"unparseable answer {answer!r}"})
                 continue
-        if index not in done:
+        found = done_candidates.get(index)
+        if found is not None and found["problem"] == str(row[column]) and found["answer"] == answer:
+            done[index] = found  # the same prompt and label under the same settings: reused
+        else:
             todo.append((index, str(row[column]), answer))
     if not todo and not done:
         raise SelectionError(
@@ -204,7 +234,7 @@ def select_prompts(
                     "num_correct": int(sum(correct)),
                     "mean_length": sum(len(s.token_ids) for s in samples) / len(samples),
                     "extracted": extracted,
-                    "fingerprint": fingerprint,
+                    "fingerprint": settings_key,
                 }
             )
         progress_file.append(records)

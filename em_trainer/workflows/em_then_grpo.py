@@ -30,7 +30,7 @@ import yaml
 from trl import GRPOTrainer
 
 from ..core.model_card import BOTH_CITATIONS, build_model_card
-from ..data.files import atomic_write_json
+from ..data.files import ConfigFileError, atomic_write_json, read_yaml_mapping
 from ..data.paths import ConfigPathError, resolve_config_path
 from ..data.sources import DatasetError
 
@@ -56,13 +56,9 @@ class PipelineConfigError(ValueError):
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
     """Read the YAML and apply ``key.sub=value`` overrides (values parsed as YAML)."""
     try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as error:
-        raise PipelineConfigError(f"Config file not found: {path}") from error
-    except yaml.YAMLError as error:
-        raise PipelineConfigError(f"Config file {path} is not valid YAML: {error}".replace("\n", " ")) from error
-    if not isinstance(config, dict):
-        raise PipelineConfigError(f"Config file {path} must hold a mapping (model:, output_dir:, em:, grpo:).")
+        config = read_yaml_mapping(path, "recipe config")
+    except ConfigFileError as error:
+        raise PipelineConfigError(str(error)) from None
     for item in overrides or []:
         if "=" not in item:
             raise PipelineConfigError(f"Override '{item}' must look like key=value or section.key=value.")
@@ -113,8 +109,13 @@ def _save_final(trainer: Any, directory: Path, merge: bool) -> None:
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     if merge and is_peft_model(model):
+        config = model.peft_config.get("default")
+        trainer._merged_lora = f"{type(config).__name__}(r={config.r}, alpha={config.lora_alpha}), merged"
+        merged = model.merge_and_unload()
+        # merge_and_unload emptied the adapter the trainer still holds; whatever saves from the trainer next
+        # (push_to_hub saves before it uploads) must save the merged model, not that empty adapter.
+        trainer.model = trainer.model_wrapped = merged
         if trainer.accelerator.is_main_process:
-            merged = model.merge_and_unload()
             merged.save_pretrained(directory)
             trainer.processing_class.save_pretrained(directory)
         trainer.accelerator.wait_for_everyone()

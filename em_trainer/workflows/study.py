@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.files import atomic_write_json
+from ..data.files import atomic_write_json, read_yaml_mapping
 from ..data.paths import resolve_config_path
 from .sweep import RUN_MARKER, Run, SweepError, check_run, summarize, train_run
 
@@ -88,10 +88,9 @@ def is_study_config(path: str | Path) -> bool:
 
 def load_study(path: str | Path, quick: bool = False, output_dir: str | None = None) -> Study:
     """Read a study YAML; ``quick`` applies its ``quick:`` block (the CI-sized variant) on top."""
-    import yaml
 
     path = Path(path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = read_yaml_mapping(path, "study config")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise StudyError(f"{path}: unknown key(s) {sorted(unknown)}; the keys a study takes are {sorted(_TOP_KEYS)}.")
@@ -275,19 +274,49 @@ def measure_model(
 
 
 # ------------------------------------------------------------------------------------------------------------ runs
-class Measurements:
-    """``measurements.jsonl``: one line per (arm, seed, step), appended as each finishes."""
+def arm_identities(study: Study) -> dict[str, str]:
+    """A fingerprint per arm (and for ``base``) of everything its measurements depend on: the model's identity, the
+    steps, the test set, pool and selection settings, the measurement settings, the arm's own entry, and for a
+    training arm its train config file's content and the extra train options. Changing one arm's config leaves the
+    other arms' measurements valid."""
+    from ..data.identity import file_digest, fingerprint, model_identity
 
-    def __init__(self, path: Path) -> None:
+    common = {
+        "model": model_identity(study.model),
+        "steps": study.steps,
+        "test_size": study.test_size,
+        "pool": [study.pool_size, study.pool_seed],
+        "select": study.select,
+        "measure": study.measure,
+    }
+    keys = {"base": fingerprint(common)}
+    for name, arm in study.arms.items():
+        entry: dict[str, Any] = {**arm}
+        if arm["kind"] == "train":
+            entry["config"] = file_digest(Path(arm["config"]))
+            entry["train_args"] = study.train_args
+        keys[name] = fingerprint({**common, "arm": entry})
+    return keys
+
+
+class Measurements:
+    """``measurements.jsonl``: one line per (arm, seed, step), appended as each finishes, stamped with its arm's
+    fingerprint (:func:`arm_identities`); a record of other settings is never read back as this study's."""
+
+    def __init__(self, path: Path, keys: dict[str, str]) -> None:
         from ..evaluation.records import RecordFile
 
         self.file = RecordFile(path)
-        self.done = {(r["arm"], r["seed"], r["step"]): r for r in self.file.read()}
+        self.keys = keys
+        records = self.file.read()
+        self.done = {(r["arm"], r["seed"], r["step"]): r for r in records if r.get("identity") == keys.get(r["arm"])}
+        self.stale = len(records) - len(self.done)
 
     def get(self, arm: str, seed: int, step: int) -> dict[str, Any] | None:
         return self.done.get((arm, seed, step))
 
     def add(self, record: dict[str, Any]) -> None:
+        record = {**record, "identity": self.keys[record["arm"]]}
         self.file.append([record])
         self.done[(record["arm"], record["seed"], record["step"])] = record
 
@@ -333,11 +362,16 @@ def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path
     directory = study.output_dir / "runs" / name / f"seed-{seed}"
     if all(measurements.get(name, seed, step) for step in saved):
         return
-    if not (directory / RUN_MARKER).exists():
+    marker = directory / RUN_MARKER
+    key = measurements.keys[name]
+    if marker.exists() and marker.read_text(encoding="utf-8").strip() != key:
+        log(f"[study] {name} seed {seed}: the run in {directory} was trained with other settings; retraining")
+        shutil.rmtree(directory)
+    if not marker.exists():
         directory.mkdir(parents=True, exist_ok=True)
         log(f"[study] training {name} seed {seed} ({study.max_step} steps)", flush=True)
         train_run(Run((), seed), arm["config"], directory, _train_extra(study, dataset), save_steps=None)
-        (directory / RUN_MARKER).write_text("done\n")
+        marker.write_text(key + "\n")
     for step in saved:
         checkpoint = str(directory / f"checkpoint-{step}")
         _measure_once(study, measurements, name, seed, step, checkpoint, log, curve=study.curve_at(step))
@@ -367,7 +401,10 @@ def run_study(
     JSON shows, per arm and step, how many seeds it holds).
     """
     study.output_dir.mkdir(parents=True, exist_ok=True)
-    measurements = Measurements(study.output_dir / "measurements.jsonl")
+    measurements = Measurements(study.output_dir / "measurements.jsonl", arm_identities(study))
+    if measurements.stale:
+        log(f"[study] {measurements.stale} stored measurement(s) come from other settings (model, config, "
+            "measurement settings): not reused")  # fmt: skip
     wall_file = study.output_dir / "wall_seconds.json"
 
     def timed(part: str, started: float) -> None:
@@ -424,7 +461,7 @@ def write_results(study: Study, dataset: Path) -> dict[str, Any]:
     if not dataset.is_file():
         raise StudyError(f"{dataset} does not exist: run the study (without --report) first.")
     selected = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])
-    measurements = Measurements(study.output_dir / "measurements.jsonl")
+    measurements = Measurements(study.output_dir / "measurements.jsonl", arm_identities(study))
     wall = _read_wall(study)
     # Only the configured seeds: a study rerun with fewer seeds reports those, not leftovers of a larger run.
     kept = [r for r in measurements.done.values() if r["seed"] < study.seeds and r["step"] in study.steps]

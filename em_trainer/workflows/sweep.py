@@ -3,8 +3,11 @@
 EM results vary up to twofold across seeds, so the paper rests every claim on 16 seeds. A sweep runs
 ``em-trainer train`` once per (grid point, seed), each in its own process and directory, evaluates the final model
 (and, with ``eval_checkpoints``, every step checkpoint), and aggregates per setting and benchmark the mean, std, min
-and max over seeds. A finished run leaves ``.run_complete`` and is skipped on a rerun; an interrupted one resumes from
-its last checkpoint (the train command does that).
+and max over seeds. Each grid point's folder is named by the point and the fingerprint of its whole resolved train
+config (``em-trainer train --check`` computes it: every option, the model's and the dataset's content), so a changed
+base config trains afresh in a new folder. A finished run leaves ``.run_complete`` and is skipped on a rerun with the
+same fingerprint and evaluation settings; an interrupted one resumes from its last checkpoint (the train command
+does that).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.files import atomic_write_json, atomic_write_text
+from ..data.identity import readable_name
 
 RUN_MARKER = ".run_complete"
 
@@ -42,8 +46,12 @@ class Run:
             return "base"
         return "__".join(f"{k}={v}" for k, v in self.point)
 
-    def directory(self, root: Path) -> Path:
-        return root / re.sub(r"[^\w.=\-]+", "_", self.point_tag) / f"seed-{self.seed}"
+    def directory(self, root: Path, run_fingerprint: str | None = None) -> Path:
+        """``<root>/<point>-<fingerprint>/seed-N`` (``<root>/<point>/seed-N`` without one, the study's layout)."""
+        name = re.sub(r"[^\w.=\-]+", "_", self.point_tag)
+        if run_fingerprint is not None:
+            name = readable_name(name, run_fingerprint)
+        return root / name / f"seed-{self.seed}"
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -73,14 +81,18 @@ def _train_arguments(run: Run, config: str, directory: Path, extra: list[str], s
     return arguments + extra
 
 
-def check_run(run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None = None) -> None:
+def check_run(run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None = None) -> str:
     """``em-trainer train --check`` with this run's options: a bad value stops the sweep before its first run
-    trains, with train's own one-line message."""
+    trains, with train's own one-line message. Returns the run's fingerprint (its resolved config's)."""
     command = [sys.executable, "-m", "em_trainer.cli", *_train_arguments(run, config, directory, extra, save_steps)]
     result = subprocess.run([*command, "--check"], capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if "error:" in line] or result.stderr.splitlines()[-1:]
         raise SweepError(f"run {run.point_tag} seed {run.seed} would fail: {' '.join(lines).strip()}")
+    found = re.search(r"run fingerprint: (\w+)", result.stdout)
+    if found is None:
+        raise SweepError(f"run {run.point_tag}: `train --check` printed no run fingerprint:\n{result.stdout[-500:]}")
+    return found.group(1)
 
 
 def train_run(
@@ -99,12 +111,19 @@ def train_run(
 
 
 def loss_by_step(directory: Path) -> dict[int, float]:
+    """The logged loss per optimizer step of a finished run: from the run's final ``trainer_state.json`` (written
+    when training ends, early stop included), else from its last checkpoint's."""
     from ..core.checkpoints import last_complete_checkpoint
 
-    checkpoint = last_complete_checkpoint(directory, log=False)
-    if checkpoint is None:
-        return {}
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    final = directory / "trainer_state.json"
+    if final.is_file():
+        state_file = final
+    else:
+        checkpoint = last_complete_checkpoint(directory, log=False)
+        if checkpoint is None:
+            return {}
+        state_file = Path(checkpoint) / "trainer_state.json"
+    state = json.loads(state_file.read_text())
     return {int(log["step"]): float(log["loss"]) for log in state["log_history"] if "loss" in log and "step" in log}
 
 
@@ -180,22 +199,36 @@ def run_sweep(
     root.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(grid, seeds, first_seed)
     save = save_steps if eval_checkpoints else None
-    # Every grid point checked before the first run trains (seeds differ only in the seed).
-    for run in {run.point: run for run in runs if not (run.directory(root) / RUN_MARKER).is_file()}.values():
-        check_run(run, config, run.directory(root), list(extra_train_args or []), save)
+    # Every grid point checked, and its fingerprint taken, before the first run trains (seeds differ only in the
+    # seed, which names the run's folder).
+    fingerprints = {
+        run.point: check_run(run, config, root / ".check", list(extra_train_args or []), save)
+        for run in {run.point: run for run in runs}.values()
+    }
+    evaluation = {"benchmarks": benchmarks, "settings": eval_settings, "checkpoints": eval_checkpoints}
     records = []
     for number, run in enumerate(runs, start=1):
-        directory = run.directory(root)
+        directory = run.directory(root, fingerprints[run.point])
         marker = directory / RUN_MARKER
         if marker.is_file():
-            print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: done, kept", flush=True)
-            records.append(json.loads(marker.read_text()))
-            continue
+            record = json.loads(marker.read_text())
+            if record.get("evaluation") == evaluation:
+                print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: done, kept", flush=True)
+                records.append(record)
+                continue
+            print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: trained, evaluation settings "
+                  "changed: evaluating again", flush=True)  # fmt: skip
+            marker.unlink()
+        elif (legacy := run.directory(root) / RUN_MARKER).is_file():
+            print(f"[sweep] {run.point_tag} seed {run.seed}: not reusing {legacy.parent} (written before runs "
+                  "recorded their config's fingerprint)", flush=True)  # fmt: skip
         print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: training", flush=True)
         directory.mkdir(parents=True, exist_ok=True)
         train_run(run, config, directory, list(extra_train_args or []), save, launcher)
         losses = loss_by_step(directory)
         record: dict[str, Any] = {
+            "fingerprint": fingerprints[run.point],
+            "evaluation": evaluation,
             "point": run.point_tag,
             "fields": dict(run.point),
             "seed": run.seed,
@@ -271,6 +304,14 @@ def plot_over_steps(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def plot_over_field(records: list[dict[str, Any]], field: str, path: Path) -> Path:
     """Average score against a swept field, mean over seeds with min-max spread (the paper's Figures 3 and 6)."""
     plt = _pyplot()
@@ -279,15 +320,21 @@ def plot_over_field(records: list[dict[str, Any]], field: str, path: Path) -> Pa
         if field not in record["fields"] or not record["scores"]:
             continue
         score = 100 * sum(record["scores"].values()) / len(record["scores"])
-        values.setdefault(float(record["fields"][field]), []).append(score)
-    xs = sorted(values)
-    means = [sum(values[x]) / len(values[x]) for x in xs]
+        values.setdefault(record["fields"][field], []).append(score)
+    numeric = all(_is_number(v) for v in values)
+    # A numeric field is plotted on its own scale; a categorical one (em_reward=token,trajectory) at even positions.
+    labels = sorted(values, key=float) if numeric else list(values)
+    xs = [float(v) for v in labels] if numeric else list(range(len(labels)))
+    means = [sum(values[v]) / len(values[v]) for v in labels]
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    axis.fill_between(xs, [min(values[x]) for x in xs], [max(values[x]) for x in xs], alpha=0.25, label="min-max")
+    lows, highs = [min(values[v]) for v in labels], [max(values[v]) for v in labels]
+    axis.fill_between(xs, lows, highs, alpha=0.25, label="min-max")
     axis.plot(xs, means, marker="o", label="mean over seeds")
-    for x in xs:
-        axis.scatter([x] * len(values[x]), values[x], s=8, color="black", alpha=0.5)
-    if field == "learning_rate":
+    for x, v in zip(xs, labels, strict=True):
+        axis.scatter([x] * len(values[v]), values[v], s=8, color="black", alpha=0.5)
+    if not numeric:
+        axis.set_xticks(xs, labels)
+    elif field == "learning_rate":
         axis.set_xscale("log")
     axis.set(xlabel=field, ylabel="average score (%)", title=f"Score vs {field}")
     axis.grid(alpha=0.3)

@@ -53,7 +53,7 @@ def main(out_path: str, fixtures: str, problems: int) -> None:
                                     chunk_size=16, progress=None)  # fmt: skip
         records = [
             json.loads(x)
-            for x in (out / "eval" / name / "t0" / "arithmetic" / "records.jsonl").read_text().splitlines()
+            for x in next((out / "eval").glob(f"{name}-*/t0/arithmetic-*/records.jsonl")).read_text().splitlines()
         ]
         results[name] = {r["index"]: r for r in records}
         tokens = sum(r["num_tokens"] for r in records)

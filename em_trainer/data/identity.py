@@ -1,0 +1,129 @@
+"""What identifies a result: fingerprints of models, settings and data, so that nothing is reused across settings.
+
+A result (an eval record, a select ranking, a sweep run, a study measurement) is stored under a fingerprint of
+everything that determines it. Two runs share stored results only when their fingerprints are equal; any changed
+input (a weight, a generation setting, the system prompt, the benchmark file) gives a new fingerprint and a fresh
+computation. Folder names stay readable: a name plus the first characters of the fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write_json
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_CHUNK = 1 << 22
+
+
+def fingerprint(payload: Any, length: int = 16) -> str:
+    """A stable hex digest of a JSON-able payload (keys sorted; non-JSON values through ``str``)."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def readable_name(name: str, digest: str, length: int = 8) -> str:
+    """``name-<first characters of digest>``: a folder name a person can read and that settings cannot share."""
+    clean = re.sub(r"[^\w.\-=]+", "--", name).strip("-") or "x"
+    return f"{clean}-{digest[:length]}"
+
+
+def _hash_cache_path() -> Path:
+    from .models import cache_dir
+
+    return cache_dir() / "weight_hashes.json"
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes, cached by absolute path, size and modification time (a rewrite changes the
+    time, so a stale digest is never used; a 15 GB checkpoint is read once)."""
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    cache_file = _hash_cache_path()
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+    cache[key] = digest.hexdigest()
+    try:
+        atomic_write_json(cache_file, cache)
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
+    return cache[key]
+
+
+def directory_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """A local model folder: its absolute path, and digests of its config and of every weight file's content."""
+    folder = Path(path).resolve()
+    weights = {
+        p.name: file_digest(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES) and not p.name.startswith(("optimizer", "scheduler"))
+    }
+    configs = {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in ("config.json", "adapter_config.json", "generation_config.json", "tokenizer_config.json")
+        if (folder / name).is_file()
+    }
+    return {"path": str(folder), "weights": weights, "configs": configs}
+
+
+def model_identity(reference: str, revision: str | None = None) -> dict[str, Any]:
+    """The identity of a model reference: a local folder by content (see :func:`directory_identity`); a Hub id by
+    id and revision (``main`` unless given: a pinned commit is what makes a Hub result reproducible). A LoRA adapter
+    folder's identity includes its base model's."""
+    from .models import adapter_base, resolve_model
+
+    resolved = resolve_model(reference)
+    if os.path.isdir(resolved):
+        identity = directory_identity(resolved)
+        base = adapter_base(resolved)
+        if base is not None:
+            identity["base_model"] = model_identity(base)
+        return identity
+    return {"hub_id": resolved, "revision": revision or "main"}
+
+
+def object_identity(model: Any) -> dict[str, Any]:
+    """A model object's identity: the digest of its parameters' bytes (for models passed in memory)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return {"object": type(model).__name__, "parameters": digest.hexdigest()}
+
+
+def text_digest(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of the entries that differ between two identities, for the line that says why a result is
+    computed afresh."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changed += changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}: {_short(a)} -> {_short(b)}")
+    return changed
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,144 @@
+"""One identity per result: eval records, select progress, sweep runs and study measurements are stored under a
+fingerprint of all that determines them; a changed setting recomputes and says so, an identical rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from em_trainer.cli import main
+from em_trainer.data.identity import changed_fields, directory_identity, fingerprint, model_identity
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _eval(model: str, out: Path, *extra: str) -> int:
+    return main(["eval", "--model", model, "--benchmarks", "arithmetic", "--limit", "2", "--output_dir", str(out),
+                 "--batch_size", "2", *extra])  # fmt: skip
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())[0]["benchmarks"]["arithmetic"]
+
+
+def test_eval_rerun_with_another_max_new_tokens_recomputes_and_an_identical_one_resumes(tiny_model_dir, tmp_path,
+                                                                                        capsys):  # fmt: skip
+    out = tmp_path / "ev"
+    assert _eval(tiny_model_dir, out, "--max_new_tokens", "2") == 0
+    assert _summary(out)["tokens_per_problem"] <= 2
+    capsys.readouterr()
+    assert _eval(tiny_model_dir, out, "--max_new_tokens", "6") == 0
+    printed = capsys.readouterr().out
+    assert "not reusing" in printed and "max_new_tokens: 2 -> 6" in printed
+    # The tiny random model never stops early, so the budget shows in the numbers: nothing came from the first run.
+    assert _summary(out)["tokens_per_problem"] == 6
+    folders = sorted(out.glob("*/t0/arithmetic-*"))
+    assert len(folders) == 2 and all((f / "identity.json").is_file() for f in folders)
+
+    records = next(f for f in folders if json.loads((f / "identity.json").read_text())["sampling"]["max_new_tokens"]
+                   == 6) / "records.jsonl"  # fmt: skip
+    before = records.read_text()
+    assert _eval(tiny_model_dir, out, "--max_new_tokens", "6") == 0
+    assert "not reusing" not in capsys.readouterr().out
+    assert records.read_text() == before  # resumed: nothing generated again
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [["--top_k", "5", "--temperature", "0.7"], ["--system_prompt", ""], ["--dtype", "bfloat16"], ["--seed", "3"]],
+)
+def test_each_setting_enters_the_identity(tiny_model_dir, tmp_path, flag):
+    out = tmp_path / "ev"
+    base = ["--max_new_tokens", "2"] + (["--temperature", "0.7"] if "--top_k" in flag else [])
+    assert _eval(tiny_model_dir, out, *base) == 0
+    assert _eval(tiny_model_dir, out, "--max_new_tokens", "2", *flag) == 0
+    assert len(list(out.glob("*/t*/arithmetic-*/identity.json"))) == 2
+
+
+def test_models_whose_paths_end_alike_do_not_share_records(tiny_model_dir, tmp_path):
+    for name, seed in (("a", 1), ("b", 2)):
+        target = tmp_path / name / "outputs" / "run"
+        shutil.copytree(tiny_model_dir, target)
+        model = AutoModelForCausalLM.from_pretrained(target)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+        model.save_pretrained(target)
+    out = tmp_path / "ev"
+    for name in ("a", "b"):
+        assert _eval(str(tmp_path / name / "outputs" / "run"), out, "--max_new_tokens", "2") == 0
+    assert len(list(out.glob("outputs--run-*"))) == 2
+
+
+def test_model_identity_follows_the_weights_not_the_name(tiny_model_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert directory_identity(copy)["weights"] == directory_identity(tiny_model_dir)["weights"]
+    model = AutoModelForCausalLM.from_pretrained(copy)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] += 1.0  # one weight in the middle of the file
+    model.save_pretrained(copy)
+    assert directory_identity(copy)["weights"] != directory_identity(tiny_model_dir)["weights"]
+    assert model_identity("Qwen/Qwen2.5-Math-7B", "abc123") == {"hub_id": "Qwen/Qwen2.5-Math-7B", "revision": "abc123"}
+    assert changed_fields({"a": {"b": 1}, "c": 2}, {"a": {"b": 3}, "c": 2}) == ["a.b: 1 -> 3"]
+
+
+def _check_fingerprint(capsys, *args: str) -> str:
+    assert main(["train", "--check", *args]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "run fingerprint:" in x)
+    return line.rsplit(" ", 1)[1]
+
+
+def test_train_fingerprint_covers_the_resolved_config_but_not_where_it_goes(tiny_model_dir, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {tiny_model_dir}\nlearning_rate: 1.0e-5\n")
+    common = ["--config", str(config), "--output_dir"]
+    first = _check_fingerprint(capsys, *common, str(tmp_path / "a"), "--seed", "1")
+    assert _check_fingerprint(capsys, *common, str(tmp_path / "b"), "--seed", "2") == first
+    config.write_text(f"model: {tiny_model_dir}\nlearning_rate: 2.0e-5\n")  # the base config changed
+    assert _check_fingerprint(capsys, *common, str(tmp_path / "a")) != first
+    assert _check_fingerprint(capsys, *common, str(tmp_path / "a"), "--max_completion_length", "7") != first
+
+
+def test_select_progress_of_another_model_is_not_reused(tmp_path):
+    from em_trainer.evaluation.selection import select_prompts
+
+    from .test_selection import POOL, PlainTokenizer, fake
+
+    output = tmp_path / "sel.jsonl"
+    first = fake()
+    select_prompts(first, PlainTokenizer(), POOL, output, k=4, progress=False)
+    again = fake()
+    select_prompts(again, PlainTokenizer(), POOL, output, k=4, progress=False)
+    assert again.calls == 0  # identical settings: resumed
+    other = fake()
+    other.identity = {"backend": "scripted", "model": {"name": "another model"}}
+    select_prompts(other, PlainTokenizer(), POOL, output, k=4, progress=False)
+    assert len(other.problems_seen) == len(POOL)  # another model: every prompt sampled again
+    changed = fake()
+    rows = [dict(row) for row in POOL]
+    rows[0]["answer"] = "3"  # a changed label at the same index
+    select_prompts(changed, PlainTokenizer(), rows, tmp_path / "sel.jsonl", k=4, progress=False)
+    assert changed.problems_seen == [POOL[0]["problem"]]
+
+
+def test_study_measurements_are_read_back_only_under_their_arms_fingerprint(tmp_path):
+    from em_trainer.workflows.study import Measurements
+
+    path = tmp_path / "measurements.jsonl"
+    old = Measurements(path, {"base": "k1", "em_ft": "k2"})
+    old.add({"arm": "base", "seed": 0, "step": 0, "greedy_accuracy": 0.5})
+    old.add({"arm": "em_ft", "seed": 0, "step": 2, "greedy_accuracy": 0.25})
+    changed_arm = Measurements(path, {"base": "k1", "em_ft": "k3"})
+    assert changed_arm.get("base", 0, 0)["greedy_accuracy"] == 0.5
+    assert changed_arm.get("em_ft", 0, 2) is None and changed_arm.stale == 1
+
+
+def test_fingerprint_is_stable_and_order_free():
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
