@@ -254,3 +254,46 @@ def test_config_entry_points_refuse_files_that_are_not_yaml_mappings(entry, case
     else:
         assert main([entry, "--config", str(path)]) == 2
     one_error_line(capsys, needle)
+
+
+# ------------------------------------------------------------------------------------------------ train's numbers
+# Values at the edge that mean something: each is documented where its field is.
+TRAIN_ACCEPTS = {
+    ("report_entropy_samples", "0"): "no entropy report (the default)",
+    ("max_steps", "-1"): "TrainingArguments' 'train by num_train_epochs'",
+    ("beta", "0"): "no KL term (the paper's default)",
+}
+
+
+def _train_numeric_fields() -> list[str]:
+    from trl import GRPOConfig
+
+    from em_trainer.cli.train import TrainScriptArguments
+    from em_trainer.core.config import EMConfig
+
+    grpo = {f.name for f in dataclasses.fields(GRPOConfig)}
+    changed_defaults = {"learning_rate", "max_steps", "temperature", "max_completion_length", "beta",
+                        "gradient_accumulation_steps", "num_iterations", "logging_steps", "save_steps"}  # fmt: skip
+    fields = list(dataclasses.fields(TrainScriptArguments)) + [
+        f for f in dataclasses.fields(EMConfig) if f.name not in grpo or f.name in changed_defaults
+    ]
+    return [f.name for f in fields if any(kind in str(f.type) for kind in ("int", "float"))]
+
+
+def test_train_walk_covers_the_em_fields():
+    assert {"responses_per_step", "entropy_floor", "max_prompts", "learning_rate"} <= set(_train_numeric_fields())
+
+
+@pytest.mark.parametrize("name", _train_numeric_fields())
+def test_train_numeric_field_refuses_negative_and_zero(name, tiny_model_dir, tmp_path, capsys):
+    """Every numeric field of the train script and every EMConfig field (its own, and the GRPO fields whose
+    defaults it changes) with -1 and 0: refused in one line naming it, unless the value means something."""
+    for value in ("-1", "0"):
+        code = main(["train", "--model", tiny_model_dir, "--check", "--output_dir", str(tmp_path / "o"),
+                     f"--{name}", value])  # fmt: skip
+        if (name, value) in TRAIN_ACCEPTS:
+            assert code == 0
+            capsys.readouterr()
+            continue
+        assert code == 2, f"--{name} {value} was accepted"
+        one_error_line(capsys, name)

@@ -55,6 +55,14 @@ class TrainScriptArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        from ..core.config import EMConfigError
+
+        for name, lowest in (("max_prompts", 1), ("report_entropy_samples", 0), ("report_max_new_tokens", 1)):
+            value = getattr(self, name)
+            if value is not None and value < lowest:
+                raise EMConfigError(f"{name}={value}: must be >= {lowest}.")
+
 
 def _steps(text: str) -> list[int]:
     from ..core.config import EMConfigError

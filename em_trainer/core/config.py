@@ -203,12 +203,15 @@ class EMConfig(GRPOConfig):
             self.use_cpu = True
         if self.bf16 is None:
             self.bf16 = (not self.fp16) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        self._check_domains()
         self._resolve_batch_shape()
         try:
             super().__post_init__()
         except ValueError:
-            # A batch shape derived for the wrong number of processes makes GRPOConfig fail first; say why.
-            self._check_world_size()
+            # A batch shape derived for the wrong number of processes makes GRPOConfig fail first; say why (when
+            # TrainingArguments got far enough to know the world size).
+            if hasattr(self, "distributed_state"):
+                self._check_world_size()
             raise
         self._check_world_size()
         self._validate()
@@ -249,6 +252,32 @@ class EMConfig(GRPOConfig):
                 f"num_generations={self.num_generations} must divide the {self.responses_per_step} responses per "
                 "optimizer step, so that each step holds whole groups of responses to the same prompt."
             )
+
+    # Numeric fields and the values they take; a value outside takes no effect or breaks the run, so it is refused.
+    # (name, lowest value, whether the lowest is excluded, what the field is for)
+    _DOMAINS = (
+        ("learning_rate", 0, True, "a step size"),
+        ("gradient_accumulation_steps", 1, False, "micro-batches per optimizer step"),
+        ("num_iterations", 1, False, "updates per generated batch"),
+        ("max_completion_length", 1, False, "tokens per response"),
+        ("beta", 0, False, "the KL weight (0 = no KL)"),
+        ("logging_steps", 0, True, "steps between logs"),
+        ("save_steps", 0, True, "steps between checkpoints"),
+        ("em_reward_weight", 0, True, "EM-RL's reward weight; 0 would drop the reward"),
+        ("early_stopping_limit", 1, False, "dev-set problems"),
+        ("early_stopping_max_new_tokens", 1, False, "tokens per dev-set answer"),
+        ("entropy_floor", 0, True, "an entropy in nats; unset it to turn the floor off"),
+        ("collapse_min_length", 0, True, "a mean length in tokens; unset it to turn the check off"),
+        ("collapse_max_repetition", 0, True, "a share of repeated n-grams; unset it to turn the check off"),
+    )
+
+    def _check_domains(self) -> None:
+        for name, lowest, excluded, meaning in self._DOMAINS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value < lowest or (excluded and value == lowest):
+                raise EMConfigError(f"{name}={value}: must be {'>' if excluded else '>='} {lowest} ({meaning}).")
 
     def _check_world_size(self) -> None:
         if self.world_size != self._assumed_world_size:

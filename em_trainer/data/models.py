@@ -202,6 +202,9 @@ def base_model_id(name_or_path: str | None) -> str | None:
         return EMBEDDED_HUB_IDS[name.lower()]
     path = Path(name).expanduser()
     marker = path / ".complete"
+    base = adapter_base(path) if path.is_dir() else None
+    if base is not None:
+        return base_model_id(base)  # a LoRA adapter (or its merged copy) continues from its base
     if path.is_dir() and marker.is_file():
         source = Path(marker.read_text().strip())
         for alias, (_, _, filename) in EMBEDDED_MODELS.items():
