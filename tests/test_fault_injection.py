@@ -107,14 +107,18 @@ def test_sweep_killed_mid_run_gives_the_uninterrupted_rows(tiny_model_dir, tmp_p
     straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True, env=ENV)
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed = tmp_path / "killed"
-    first_marker = killed / "base" / "seed-0" / ".run_complete"
-    kill_when(command(killed), lambda: (killed / "base" / "seed-1" / "checkpoint-3" / "trainer_state.json").exists())
-    assert first_marker.is_file() and not (killed / "base" / "seed-1" / ".run_complete").exists()
+
+    def run_dir(seed: int) -> Path:  # <point>-<fingerprint of the resolved config>/seed-N
+        return next(iter(killed.glob("base-*")), killed / "base-?") / f"seed-{seed}"
+
+    kill_when(command(killed), lambda: (run_dir(1) / "checkpoint-3" / "trainer_state.json").exists())
+    first_marker = run_dir(0) / ".run_complete"
+    assert first_marker.is_file() and not (run_dir(1) / ".run_complete").exists()
     kept = first_marker.stat().st_mtime_ns
     rerun = subprocess.run(command(killed), capture_output=True, text=True, env=ENV)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "seed 0: done, kept" in rerun.stdout and first_marker.stat().st_mtime_ns == kept, "run 1 not redone"
-    assert "resuming from" in (killed / "base" / "seed-1" / "train.log").read_text()
+    assert "resuming from" in (run_dir(1) / "train.log").read_text()
     rows = lambda out: json.loads((out / "sweep_summary.json").read_text())["runs"]  # noqa: E731
     want, got = rows(tmp_path / "straight"), rows(killed)
     assert [(r["point"], r["seed"]) for r in got] == [(r["point"], r["seed"]) for r in want]

@@ -3,12 +3,14 @@ through the sandbox, and the unbiased pass@k estimator.
 
 A code row is ``{"problem", "gold"}`` like a math row, with ``gold`` a JSON test specification:
 
-- ``{"kind": "function", "prompt", "test", "entry_point"}``: HumanEval style; the program is the completion's code
-  (after the prompt, unless the completion defines the function itself), then ``test`` and ``check(entry_point)``;
+- ``{"kind": "function", "prompt", "test", "entry_point"}``: HumanEval style. The candidate's program is the
+  completion's code (after the prompt, unless the completion defines the function itself); the dataset's ``test``
+  runs in a separate checker process (``sandbox.run_checked``) that calls the candidate's function over a pipe and
+  gets plain values back, so the verdict is never the candidate's to give (EvalPlus-style);
 - ``{"kind": "stdio", "tests": [{"input", "output"}, ...]}``: LiveCodeBench style; the program reads stdin, and each
-  test compares its stdout, whitespace-trimmed per line.
+  test compares its stdout, whitespace-trimmed per line, here (an early exit prints nothing and fails).
 
-Nothing here executes model text in-process: every candidate program goes through ``sandbox.run_untrusted``.
+Nothing here executes model text in-process: every candidate program goes through the sandbox.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from math import comb
 from pathlib import Path
 from typing import Any
 
-from .sandbox import SandboxLimits, run_untrusted
+from .sandbox import SandboxLimits, run_checked, run_untrusted
+from .sandbox_programs import source
 
 CODE_SYSTEM_PROMPT = "You are a careful Python programmer. Answer with one complete Python code block."
 _FENCE = re.compile(r"```(?:python|py|Python)?\s*\n(.*?)```", re.S)
@@ -100,14 +105,45 @@ def leetcode_row(row: dict[str, Any]) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------- grading
-def build_function_program(spec: dict[str, Any], completion: str) -> str:
+def build_solution(spec: dict[str, Any], completion: str) -> str:
+    """The candidate's program: its code after the task's prompt, unless it defines the function (or the LeetCode
+    ``Solution`` class) itself, in which case the prompt's imports and helper definitions come first."""
     code = extract_code(completion)
     entry = spec["entry_point"].split(".")[-1].split("(")[0]
     defines = re.search(rf"^\s*(def|class)\s+{re.escape(entry)}\b", code, re.M) or "class Solution" in code
-    body = code if defines else spec["prompt"] + code
-    prelude = spec["prompt"] if defines and "import" in spec["prompt"] else ""
-    header = "\n".join(line for line in prelude.splitlines() if line.startswith(("import ", "from ")))
-    return f"{header}\n{body}\n\n{spec['test']}\n\ncheck({spec['entry_point']})\n"
+    if not defines:
+        return spec["prompt"] + code
+    prompt = spec["prompt"]
+    stub = re.search(rf"^(def|class)\s+{re.escape(entry)}\b", prompt, re.M)
+    return (prompt[: stub.start()] if stub else prompt) + "\n" + code
+
+
+def grade_function(spec: dict[str, Any], completion: str, limits: SandboxLimits | None = None) -> tuple[bool, str]:
+    """Run the dataset's ``check`` in a checker process against the candidate's function in another; the verdict is
+    the checker's JSON line, and counts only when the checker exited cleanly within the limits."""
+    candidate = {
+        "main.py": source("candidate_main.py"),
+        "codec.py": source("codec.py"),
+        "solution.py": build_solution(spec, completion),
+        "entry.txt": spec["entry_point"],
+    }
+    checker = {
+        "main.py": source("checker_main.py"),
+        "codec.py": source("codec.py"),
+        "test.py": f"{spec['prompt']}\n\n{spec['test']}\n",
+        "entry.txt": spec["entry_point"],
+    }
+    result = run_checked(candidate, checker, limits)
+    if result.timed_out:
+        return False, "timeout"
+    if result.output_flood:
+        return False, "output over the limit"
+    try:
+        verdict = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return False, f"no verdict (checker exit status {result.returncode})"
+    passed = result.passed and verdict.get("passed") is True
+    return passed, "passed" if passed else str(verdict.get("reason") or "failed")[:200]
 
 
 def _same_output(expected: str, got: str) -> bool:
@@ -121,12 +157,7 @@ def grade_code(gold: str, completion: str, limits: SandboxLimits | None = None) 
     """Run the completion against the row's tests in the sandbox; returns (passed, a short reason)."""
     spec = json.loads(gold)
     if spec["kind"] == "function":
-        result = run_untrusted(build_function_program(spec, completion), limits)
-        if result.timed_out:
-            return False, "timeout"
-        return result.passed, "passed" if result.passed else (result.stderr.strip().splitlines() or ["failed"])[-1][
-            :200
-        ]
+        return grade_function(spec, completion, limits)
     program = extract_code(completion)
     for number, test in enumerate(spec["tests"]):
         result = run_untrusted(program, limits, stdin=test["input"])
@@ -137,6 +168,23 @@ def grade_code(gold: str, completion: str, limits: SandboxLimits | None = None) 
     return True, "passed"
 
 
+def grading_workers() -> int:
+    """Candidates graded at once: each grade is a sandbox of its own that mostly waits on process start-up, so two
+    per core pay (on two cores: 20 HumanEval solutions in 0.068 s each against 0.10 s one at a time)."""
+    return max(1, min(8, 2 * (os.cpu_count() or 1)))
+
+
+def grade_many(
+    cases: list[tuple[str, str]], limits: SandboxLimits | None = None, workers: int | None = None
+) -> list[tuple[bool, str]]:
+    """``grade_code`` over ``(gold, completion)`` pairs, several sandboxes at a time, verdicts in input order."""
+    workers = workers or grading_workers()
+    if workers == 1 or len(cases) < 2:
+        return [grade_code(gold, completion, limits) for gold, completion in cases]
+    with ThreadPoolExecutor(min(workers, len(cases))) as pool:
+        return list(pool.map(lambda case: grade_code(case[0], case[1], limits), cases))
+
+
 def code_reward(completions: list, gold: list, **kwargs: Any) -> list[float | None]:
     """GRPO reward in TRL's signature: 1.0 when the completion passes the row's tests in the sandbox, else 0.0.
 
@@ -145,10 +193,6 @@ def code_reward(completions: list, gold: list, **kwargs: Any) -> list[float | No
     """
     from .rewards import completion_text
 
-    rewards: list[float | None] = []
-    for completion, spec in zip(completions, gold, strict=True):
-        if not spec:
-            rewards.append(None)
-            continue
-        rewards.append(1.0 if grade_code(spec, completion_text(completion))[0] else 0.0)
-    return rewards
+    pairs = list(zip(completions, gold, strict=True))
+    graded = iter(grade_many([(spec, completion_text(c)) for c, spec in pairs if spec]))
+    return [(1.0 if next(graded)[0] else 0.0) if spec else None for _, spec in pairs]

@@ -30,7 +30,7 @@ from ..data.identity import changed_fields, fingerprint, readable_name, text_dig
 from ..data.prompts import MATH_SYSTEM_PROMPT, render_chat
 from ..decoding.generation import Generator, SamplingSettings
 from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS, EvaluationError, load_benchmark
-from .code_tasks import CODE_SYSTEM_PROMPT, grade_code, pass_at_k
+from .code_tasks import CODE_SYSTEM_PROMPT, grade_many, pass_at_k
 from .records import RecordFile
 from .scoring import Grade, grade, grade_with_tolerance, parse_gold
 from .selection import majority_agreement
@@ -113,6 +113,12 @@ def evaluate_benchmark(
         prompts = [render_chat(tokenizer, row["problem"], system_prompt) for row in chunk]
         chunk_settings = SamplingSettings(**{**asdict(settings), "seed": settings.seed + chunk[0]["index"]})
         outputs = generator.generate(prompts, chunk_settings)
+        code_verdicts: dict[tuple[int, int], tuple[bool, str]] = {}
+        if is_code:  # every sandbox of the chunk at once: grading waits on process start-up, not on the CPU
+            pairs = [(row, i, c) for row, samples in zip(chunk, outputs, strict=True) for i, c in enumerate(samples)
+                     if (row["index"], i) not in done]  # fmt: skip
+            verdicts = grade_many([(row["gold"], c.text) for row, _, c in pairs])
+            code_verdicts = {(row["index"], i): v for (row, i, _), v in zip(pairs, verdicts, strict=True)}
         new = []
         for row, prompt, samples in zip(chunk, prompts, outputs, strict=True):
             if not is_code:
@@ -121,7 +127,7 @@ def evaluate_benchmark(
                 if (row["index"], sample_index) in done:
                     continue
                 if is_code:
-                    passed, reason = grade_code(row["gold"], completion.text)
+                    passed, reason = code_verdicts[(row["index"], sample_index)]
                     result = Grade(reason, passed)
                 elif BENCHMARKS[benchmark].kind == "physics":
                     result = grade_with_tolerance(gold, completion.text)
