@@ -5,13 +5,10 @@ which is why the verdict is not taken here."""
 import os
 import sys
 
-sys.setrecursionlimit(20000)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -I leaves the script's folder out
-
 import codec  # noqa: E402
 
-requests = os.fdopen(3, "rb")
-answers = os.fdopen(4, "wb")
+requests, answers = codec.channel()  # requests in, answers out
 namespace = {"__name__": "solution"}
 
 
