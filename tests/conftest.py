@@ -74,6 +74,28 @@ def straight_run(tiny_model_dir, tmp_path_factory):
     return output_dir
 
 
+# With `pytest -n 2 --dist loadgroup` (make test), the tests of one group run one after another on one worker:
+# - "sandbox": everything that starts sandboxes, because the hostile suite asserts that no sandbox process or file
+#   is left once a candidate is graded, which another worker's sandboxes running at that moment would break;
+# - "vllm": the real engines, each of which reserves a quarter of the machine's memory for its KV cache;
+# - "torchrun": the two-process runs, which share one rendezvous port.
+SANDBOX_FILES = {"test_sandbox.py", "test_sandbox_hostile.py", "test_code_eval.py"}
+
+
+def xdist_group(item) -> str | None:
+    if item.path.name in SANDBOX_FILES or (item.path.name == "test_pipeline.py" and "code" in item.name):
+        return "sandbox"
+    if item.get_closest_marker("vllm") is not None:
+        return "vllm"
+    if item.path.name == "test_multiprocess.py":
+        return "torchrun"  # one fixed rendezvous port
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     # Run the fast tests first so a failure shows up before the slow real-model runs.
     items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    for item in items:
+        group = xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
