@@ -92,10 +92,13 @@ def xdist_group(item) -> str | None:
     return None
 
 
+def pytest_itemcollected(item):
+    # Marked as each item is collected, so the marker is there whenever pytest-xdist's own modifyitems hook runs.
+    group = xdist_group(item)
+    if group is not None:
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def pytest_collection_modifyitems(config, items):
     # Run the fast tests first so a failure shows up before the slow real-model runs.
     items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
-    for item in items:
-        group = xdist_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))

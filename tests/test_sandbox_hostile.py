@@ -139,8 +139,11 @@ def _sandbox_processes() -> list[str]:
 
 
 def _leftovers() -> set[str]:
-    shm = {f"shm:{p.name}" for p in Path("/dev/shm").iterdir()} if Path("/dev/shm").is_dir() else set()
+    """What the candidates here write to shared places (only those names: other tests, vLLM's engine among them, use
+    /dev/shm at the same time under pytest-xdist), and the sandboxes' own host folders."""
+    shm = {f"shm:{p.name}" for p in Path("/dev/shm").glob("fill*")}
     temp = {f"tmp:{p.name}" for p in Path(tempfile.gettempdir()).glob("em-sandbox-*")}
+    temp |= {f"tmp:{p.name}" for p in Path(tempfile.gettempdir()).glob("f[0-9]*")}
     return shm | temp
 
 

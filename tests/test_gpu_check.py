@@ -1,0 +1,28 @@
+"""benchmarks/gpu_check.py, the prepared GPU check, runs on the CPU with a tiny config (--dry_run), so it cannot rot
+between the sessions that have a GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_every_section(tmp_path):
+    output = tmp_path / "gpu_check.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry_run", "--output",
+                             str(output)], capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    for section in ("em_trainer_sdpa", "trl_as_em_sdpa", "lora_gradient_checkpointing", "em_inf_decoding"):
+        assert "error" not in report[section], report[section]
+    assert report["versions"]["trl"] and report["dry_run"] is True
+    check = report["em_trainer_sdpa"]["shared_prompt_check"]
+    assert check["loss_relative_gap"] < 1e-5 and check["grad_relative_gap"] < 1e-4
+    assert report["em_inf_decoding"]["em_inf"]["tokens"] > 0
