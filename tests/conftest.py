@@ -8,6 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist each worker gets one of the cores: two workers each running PyTorch's default two OpenMP
+    # threads oversubscribe them, and spinning threads then made a real-model test five times slower. Subprocesses
+    # that the tests start (train, sweep, vLLM) inherit the setting.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -99,6 +104,16 @@ def pytest_itemcollected(item):
         item.add_marker(pytest.mark.xdist_group(group))
 
 
+# The longest tests, started first under pytest-xdist so that the other worker fills the time around them (run last,
+# the quick study alone kept one worker busy for minutes after the other had finished).
+LONGEST_FIRST = ("test_study.py", "test_vllm.py", "test_fault_injection.py", "test_real_model.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    # Run the fast tests first so a failure shows up before the slow real-model runs.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)) if item.get_closest_marker("slow") or
+                   item.get_closest_marker("vllm") else len(rank))  # fmt: skip
+    else:
+        # Run the fast tests first so a failure shows up before the slow real-model runs.
+        items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
