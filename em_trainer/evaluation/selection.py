@@ -164,8 +164,9 @@ def select_prompts(
     settings = SamplingSettings(temperature=temperature, n=k, max_new_tokens=max_new_tokens, seed=seed)
     settings_key = _settings_fingerprint(generator, tokenizer, settings, labels, instruction, batch_size)
     progress_file = RecordFile(output.with_name(output.stem + ".progress.jsonl"))
-    stored = [r for r in progress_file.read() if r.get("fingerprint") == settings_key]
-    other = sum(1 for r in progress_file.read() if r.get("fingerprint") != settings_key)
+    records_on_disk = progress_file.read()
+    stored = [r for r in records_on_disk if r.get("fingerprint") == settings_key]
+    other = len(records_on_disk) - len(stored)
     if other and progress:
         print(f"[select] {other} stored prompt results come from other settings (model, sampling, template, ...): "
               "not reused, computed afresh")  # fmt: skip
