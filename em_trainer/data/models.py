@@ -167,7 +167,9 @@ def merge_adapter(adapter_dir: str | os.PathLike) -> Path:
     base = adapter_base(adapter_dir)
     assert base is not None
     base_path = resolve_model(base)
-    key = fingerprint({"adapter": directory_identity(adapter_dir), "base": base_path}, 12)
+    # The base by content too: a base rewritten in place must not hand back a copy merged onto its old weights.
+    base_identity = directory_identity(base_path) if os.path.isdir(base_path) else base_path
+    key = fingerprint({"adapter": directory_identity(adapter_dir), "base": base_identity}, 12)
     output_dir = cache_dir() / "merged" / f"{adapter_dir.name}-{key}"
     if (output_dir / ".complete").is_file():
         return output_dir
