@@ -1,6 +1,6 @@
 """Write the study's tables into docs/results.md (and its plots into docs/img/) from benchmarks/results/*.json.
 
-    python benchmarks/replication_report.py   # after `em-trainer sweep --config .../study.yaml [--quick]`
+    python benchmarks/replication_report.py   # after `em-trainer study --config .../study.yaml [--quick]`
                                               # and `python benchmarks/ordering.py`
 
 The tables are rendered by em_trainer.workflows.study_report; tests/test_results_doc.py checks the page against the

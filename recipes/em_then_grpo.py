@@ -3,25 +3,31 @@
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/em_then_grpo.py \
         --config recipes/configs/qwen2.5-math-7b/em_then_grpo.yaml
     python recipes/em_then_grpo.py --config recipes/configs/smollm2-135m-cpu/em_then_grpo.yaml --set grpo.max_steps=2
+    python recipes/em_then_grpo.py --config recipes/configs/smollm2-135m-cpu/em_then_grpo.yaml --order grpo_then_em
 
-A rerun skips a finished phase and resumes an interrupted one from its last checkpoint.
+Parsed with TrlParser: every top-level key of the YAML is also a flag (RecipeArguments); `--set section.key=value`
+changes a key of the `em:` or `grpo:` section. A rerun skips a finished phase and resumes an interrupted one from its
+last checkpoint.
 """
 
-import argparse
 import sys
 
 from em_trainer.cli.common import USER_ERRORS
-from em_trainer.workflows.em_then_grpo import load_config, run_em_then_grpo
+from em_trainer.data.paths import config_file_from_argv
+from em_trainer.workflows.em_then_grpo import PipelineConfigError, load_config, recipe_parser, run_em_then_grpo
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML with model, output_dir, em: {...} and grpo: {...}")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. grpo.max_steps=5")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        recipe_parser().print_help()
+        return 0
     try:
-        config = load_config(args.config, args.set)
-        run_em_then_grpo(config)
+        config = config_file_from_argv(argv)
+        if config is None:
+            raise PipelineConfigError("--config is required: a YAML with model, output_dir, em: {...}, grpo: {...}.")
+        rest = [a for i, a in enumerate(argv) if a != "--config" and (i == 0 or argv[i - 1] != "--config")]
+        run_em_then_grpo(load_config(config, argv=[a for a in rest if not a.startswith("--config=")]))
     except USER_ERRORS as error:  # a bad input: one line naming it, never a traceback
         print(f"em_then_grpo: error: {error}", file=sys.stderr)
         return 2

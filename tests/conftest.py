@@ -94,6 +94,8 @@ def xdist_group(item) -> str | None:
         return "vllm"
     if item.path.name == "test_multiprocess.py":
         return "torchrun"  # one fixed rendezvous port
+    if item.path.name == "test_executors.py" and "study" in item.name and item.get_closest_marker("slow"):
+        return "tiny_study"  # one worker computes the serial reference study once for both
     return None
 
 
@@ -106,7 +108,7 @@ def pytest_itemcollected(item):
 
 # The longest tests, started first under pytest-xdist so that the other worker fills the time around them (run last,
 # the quick study alone kept one worker busy for minutes after the other had finished).
-LONGEST_FIRST = ("test_study.py", "test_vllm.py", "test_fault_injection.py", "test_real_model.py")
+LONGEST_FIRST = ("test_study.py", "test_executors.py", "test_vllm.py", "test_fault_injection.py", "test_real_model.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -34,7 +34,7 @@ def test_resolution_order_and_the_error(tmp_path, monkeypatch):
 def test_the_shipped_cpu_recipe_resolves_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = load_config(ROOT / "recipes/configs/smollm2-135m-cpu/em_then_grpo.yaml")
-    assert Path(config["grpo"]["dataset"]).is_file()
+    assert Path(config.phases["grpo"].data.dataset).is_file()
 
 
 def test_a_wrong_grpo_dataset_stops_the_recipe_in_seconds_before_em(tmp_path):

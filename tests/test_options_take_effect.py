@@ -16,7 +16,7 @@ from em_trainer.cli import VERBS, main
 from em_trainer.cli.common import Bounded
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGPARSE_VERBS = [v for v in VERBS if v != "train"]
+ARGPARSE_VERBS = [v for v in VERBS if v not in ("train", "study")]  # those two parse dataclasses with TrlParser
 
 
 def one_error_line(capsys, needle: str) -> None:
@@ -127,8 +127,13 @@ def test_every_flag_of_every_verb_is_read(verb):
     common = importlib.import_module("em_trainer.cli.common")
     read = _reads(module) | _reads(common)
     parsers = [module.build_parser()]
-    if hasattr(module, "build_study_parser"):
-        parsers.append(module.build_study_parser())
+    if "executor_arguments(args)" in Path(module.__file__).read_text():
+        # The executor flags are read together, field by field, into ExecutorArguments (checked in its own tests).
+        from dataclasses import fields
+
+        from em_trainer.workflows.executors import ExecutorArguments
+
+        read |= {f.name for f in fields(ExecutorArguments)}
     for parser in parsers:
         dests = {a.dest for a in parser._actions if a.dest != "help"}
         assert dests - read == set(), f"{verb}: flags parsed but never read: {dests - read}"
@@ -153,8 +158,6 @@ def _numeric_actions():
     for verb in ARGPARSE_VERBS:
         module = importlib.import_module(f"em_trainer.cli.{verb}")
         parsers = [("", module.build_parser())]
-        if hasattr(module, "build_study_parser"):
-            parsers.append(("study", module.build_study_parser()))
         for kind, parser in parsers:
             for action in parser._actions:
                 if action.type in (int, float) or isinstance(action.type, Bounded) or action.dest == "temperatures":
@@ -196,12 +199,34 @@ def test_numeric_flag_refuses_negative_and_zero_outside_its_domain(verb, kind, a
         one_error_line(capsys, flag)
 
 
-def test_study_parser_numeric_flags_declare_domains():
-    from em_trainer.cli.sweep import build_study_parser
+STUDY_NUMBERS = {  # every numeric field of `em-trainer study` (StudyConfig, StudyRunArguments, ExecutorArguments)
+    "seeds": ["-1", "0"], "test_size": ["-1", "0"], "pool_size": ["-1", "0"], "pool_seed": ["-1"], "steps": ["-1"],
+    "only_seed": ["-1"], "max_parallel": ["-1", "0"], "timeout_min": ["-1", "0"], "gpus_per_node": ["-1"],
+    "cpus_per_task": ["-1", "0"], "mem_gb": ["-1", "0"],
+}  # fmt: skip
 
-    for action in build_study_parser()._actions:
-        if action.type is not None and action.type not in (str,):
-            assert isinstance(action.type, Bounded), action.dest
+
+def test_the_study_walk_covers_every_numeric_field():
+    import typing
+    from dataclasses import fields
+
+    from em_trainer.workflows.executors import ExecutorArguments
+    from em_trainer.workflows.study import StudyConfig, StudyRunArguments
+
+    numeric = set()
+    for kind in (StudyConfig, StudyRunArguments, ExecutorArguments):
+        hints = typing.get_type_hints(kind)
+        numeric |= {f.name for f in fields(kind) if any(t in str(hints[f.name]) for t in ("int", "float"))}
+    assert numeric == set(STUDY_NUMBERS)
+
+
+@pytest.mark.parametrize("name, value", [(n, v) for n, values in STUDY_NUMBERS.items() for v in values])
+def test_study_numbers_outside_their_domain_are_refused_in_one_line(name, value, capsys, tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text("arms: {base: {kind: decode}}\n")
+    executor = ["--executor", "slurm"] if name in ("gpus_per_node", "cpus_per_task", "mem_gb") else []
+    assert main(["study", "--config", str(study), f"--{name}", value, *executor, "--dry_run"]) == 2
+    one_error_line(capsys, name)
 
 
 @pytest.mark.parametrize(

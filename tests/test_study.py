@@ -132,12 +132,14 @@ def test_ordering_table_lists_every_order_beside_the_base():
 
 @pytest.mark.slow
 def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
-    """`sweep --config study.yaml --quick`: every arm, seed and step measured; a rerun recomputes nothing."""
+    """`study --config study.yaml --quick` through submitit's local executor, two jobs at a time: every arm, seed and
+    step measured; a rerun recomputes nothing."""
     out = tmp_path / "study"
     command = [
-        sys.executable, "-m", "em_trainer.cli", "sweep", "--config", str(STUDY), "--quick",
+        sys.executable, "-m", "em_trainer.cli", "study", "--config", str(STUDY), "--quick",
         "--output_dir", str(out), "--results_file", str(out / "results.json"),
     ]  # fmt: skip
+    submitted = [*command, "--executor", "submitit_local", "--max_parallel", "2"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     # One (seed, arm) of the training grid alone, as a second process would take it; the full run then keeps it.
     alone = subprocess.run([*command, "--only_seed", "1", "--only_arm", "em_ft"], capture_output=True, text=True,
@@ -148,8 +150,9 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
     trained = sorted(p.parent.relative_to(out / "runs").as_posix() for p in weights)
     assert trained == ["em_ft/seed-1"]
     trained_alone = (out / "runs" / "em_ft" / "seed-1" / "model.safetensors").stat().st_mtime_ns
-    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
+    first = subprocess.run(submitted, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("[jobs] submitted") == 1 + 5, "the preparation, then every job but the one trained"
     results = json.loads((out / "results.json").read_text())
     study = load_study(STUDY, quick=True)
     for name, arm in study.arms.items():
@@ -175,11 +178,12 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
             assert len(histogram["edges"]) == len(histogram["counts"]) + 1 and sum(histogram["counts"]) > 0
     # em_ft rows: the headline, one per step, and one in the temperature table.
     assert render_report(results).count("\n| em_ft |") == 1 + len(study.steps) + 1
-    lines = (out / "measurements.jsonl").read_text().splitlines()
+    measured = lambda: sorted(p.read_text() for p in [out / "measurements.jsonl", *out.glob("jobs/*.jsonl")])  # noqa: E731
+    lines = measured()
 
     second = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert (out / "measurements.jsonl").read_text().splitlines() == lines, "a rerun measures nothing again"
+    assert measured() == lines, "a rerun measures nothing again"
     assert "[study] training" not in second.stdout
 
     # --report runs nothing and writes the same results from the measurements.

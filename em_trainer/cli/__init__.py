@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-VERBS = ("train", "select", "generate", "eval", "analyze", "sweep")
+VERBS = ("train", "select", "generate", "eval", "analyze", "sweep", "study")
 
 
 def _verb(name: str):
@@ -22,9 +22,10 @@ def usage() -> str:
     """The top-level usage, generated from the verbs' own help lines."""
     lines = ["usage: em-trainer <command> [options]", "", "commands:"]
     lines += [f"  {name:<9} {_verb(name).HELP}" for name in VERBS]
-    lines += ["", "`em-trainer <command> --help` lists a command's options (snake_case, like TrlParser's; the dashed",
-              "spelling is accepted too). With no options, `em-trainer train` runs the paper's recipe on the embedded",
-              "default model (SmolLM2-135M-Instruct) and the paper's one-shot prompt."]  # fmt: skip
+    lines += ["", "`em-trainer <command> --help` lists a command's options: snake_case flags, or the same keys in a",
+              "YAML given with --config (TrlParser's dialect, flags winning over the file). With no options,",
+              "`em-trainer train` runs the paper's recipe on the embedded default model (SmolLM2-135M-Instruct) and",
+              "the paper's one-shot prompt."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, add, verb_parser
+from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, add, parse_verb_args, verb_parser
 
 HELP = "`analyze logits`: raw-logit mean/std/skewness, entropy and top-1 probability per model, with histograms"
 
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     from ..data.models import resolve_model
     from ..evaluation.analysis import collect_logit_statistics, plot_logit_histograms
 
-    args = build_parser().parse_args(argv)
+    args = parse_verb_args(build_parser(), argv)
     if args.what != "logits":  # the only analysis so far; argparse's choices already refuse others
         raise ValueError(f"analyze {args.what}: only `analyze logits` exists.")
     prompts = _read_prompts(args.prompts, args.limit)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, NoReturn
+
+from trl import TrlParser
 
 from ..core.config import EMConfigError
 from ..data.models import ModelResolutionError
+from ..data.paths import config_file_from_argv
 from ..data.sources import DatasetError
 from ..decoding.em_inf import PRESETS, EMInfSettings
 from ..decoding.generation import SamplingSettings
@@ -31,25 +35,64 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def config_file_arg(argv: list[str]) -> str | None:
-    """The value of ``--config`` in ``argv`` (``--config PATH`` or ``--config=PATH``), before any parsing."""
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
+class VerbParser(TrlParser):
+    """TrlParser with the verb's flags declared one by one: a YAML ``--config`` whose keys are the flags' defaults,
+    then flags on top (TRL's dialect, as ``train`` and ``study`` parse it), and a one-line refusal:
+    ``em-trainer eval: error: argument --limit: -1: must be >= 1``."""
 
-
-class VerbParser(argparse.ArgumentParser):
-    """argparse with a one-line refusal: ``em-trainer eval: error: argument --limit: -1: must be >= 1``."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.HelpFormatter)
+        super().__init__(None, *args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
+    def parse_args_and_config(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        from ..data.files import read_yaml_mapping
 
-def verb_parser(verb: str, description: str) -> argparse.ArgumentParser:
+        args = list(sys.argv[1:] if args is None else args)
+        config = config_file_from_argv(args)
+        if config is not None:
+            read_yaml_mapping(config, "--config")  # a folder, bad YAML or a list: one line, not a parser traceback
+        self._deprecated_spellings(args)
+        return super().parse_args_and_config(args, *rest, **kwargs)
+
+    def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
+        # argparse converts only string defaults: a YAML value goes through the flag's type (and its domain) here,
+        # so `limit: -1` in a file is refused like `--limit -1` on the command line.
+        for action in self._actions:
+            if action.dest in kwargs and callable(action.type) and kwargs[action.dest] is not None:
+                value = kwargs[action.dest]
+                try:
+                    if isinstance(value, list):
+                        kwargs[action.dest] = [action.type(str(v)) for v in value]
+                    else:
+                        kwargs[action.dest] = action.type(str(value))
+                except (argparse.ArgumentTypeError, ValueError) as error:
+                    self.error(f"--config key {action.dest}: {error}")
+        unknown = sorted(set(kwargs) - {a.dest for a in self._actions} - {"env"})
+        if unknown:
+            self.error(f"--config has key(s) {unknown} that are not options of {self.prog}")
+        return super().set_defaults_with_config(**kwargs)
+
+    def _deprecated_spellings(self, args: list[str]) -> None:
+        """The dashed spelling (``--max-new-tokens``) still works, with one line saying it is now snake_case."""
+        dashed = {option for action in self._actions for option in action.option_strings[1:] if "-" in option[2:]}
+        for arg in args:
+            flag = arg.split("=", 1)[0]
+            if flag in dashed:
+                print(f"{self.prog}: deprecated: {flag} is now {flag.replace('-', '_').replace('__', '--', 1)}",
+                      file=sys.stderr)  # fmt: skip
+
+
+def verb_parser(verb: str, description: str) -> VerbParser:
     return VerbParser(prog=f"em-trainer {verb}", description=description)
+
+
+def parse_verb_args(parser: VerbParser, argv: list[str]) -> argparse.Namespace:
+    """A verb's options: its ``--config`` YAML, then the flags."""
+    (namespace,) = parser.parse_args_and_config(argv)
+    return namespace
 
 
 class Bounded:

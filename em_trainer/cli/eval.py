@@ -9,7 +9,7 @@ from ..data.models import describe_model
 from ..data.prompts import MATH_SYSTEM_PROMPT
 from ..evaluation.benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS
 from . import common
-from .common import add, verb_parser
+from .common import add, parse_verb_args, verb_parser
 
 DEFAULT_MAX_NEW_TOKENS = {"math": 3072, "physics": 3072, "code": 512}
 HELP = "score models on math (MATH500, Minerva, OlympiadBench, AMC23, AIME24, GSM8K, arithmetic) and code benchmarks"
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     from ..evaluation.benchmarks import EvaluationError, load_benchmark
     from ..evaluation.evaluate import evaluate_benchmark, plot_temperature_sweep, summarize
 
-    args = build_parser().parse_args(argv)
+    args = parse_verb_args(build_parser(), argv)
     models = args.model or ["smollm2-135m-instruct"]
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     unknown = [b for b in benchmarks if b not in BENCHMARKS]

@@ -6,7 +6,7 @@ import argparse
 
 from ..data.models import DEFAULT_MODEL
 from . import common
-from .common import add, verb_parser
+from .common import add, parse_verb_args, verb_parser
 
 HELP = "sample completions for a prompt, optionally with EM-INF (entropy minimization at decoding time)"
 
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     from ..data.prompts import render_chat
     from ..decoding.generation import make_generator
 
-    args = build_parser().parse_args(argv)
+    args = parse_verb_args(build_parser(), argv)
     if args.raw and args.system_prompt is not None:
         raise ValueError("--system_prompt and --raw: a raw prompt skips the chat template, which holds the system "
                          "prompt; drop one of them.")  # fmt: skip

@@ -14,6 +14,7 @@ from .common import (
     add_backend_argument,
     check_models,
     generator_kwargs,
+    parse_verb_args,
     verb_parser,
 )
 
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
     from ..decoding.generation import make_generator
     from ..evaluation.selection import SelectionError, select_prompts
 
-    args = build_parser().parse_args(argv)
+    args = parse_verb_args(build_parser(), argv)
     rows = load_pool(args.pool, args.split, args.limit)
     output = Path(args.output)
     if output.is_dir():

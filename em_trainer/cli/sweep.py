@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
-from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, add, config_file_arg, verb_parser
+from ..data.paths import config_file_from_argv
+from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, add, verb_parser
 
 HELP = "train over seeds and a grid, evaluate each run, aggregate mean/std/min/max, plot"
 
@@ -16,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Train once per seed and grid point (each run its own process), evaluate, aggregate over seeds. "
         "Options not listed here are passed to every `em-trainer train` run.",
     )
-    add(parser, "config", required=True, help="the em-trainer train YAML every run starts from")
+    add(parser, "config", help="the em-trainer train YAML every run starts from (required)")
     add(parser, "seeds", type=POSITIVE_INT, default=16)
     add(parser, "first_seed", type=NON_NEGATIVE_INT, default=0)
     add(parser, "grid", action="append", default=[], help="field=v1,v2,... (repeat for a product)")
@@ -34,73 +37,49 @@ def build_parser() -> argparse.ArgumentParser:
         "launcher",
         help="prefix that runs `-m em_trainer.cli train`, e.g. 'accelerate launch --num_processes 8'",
     )
+    add_executor_arguments(parser)
+    add(parser, "plan", help="internal: a planned sweep's plan.json, which --job reads")
+    add(parser, "job", type=NON_NEGATIVE_INT, help="internal: run this run of the plan (what the executors run)")
     return parser
-
-
-def build_study_parser() -> argparse.ArgumentParser:
-    parser = verb_parser(
-        "sweep",
-        "Run (or resume) a study: a YAML with `arms`, e.g. recipes/configs/smollm2-135m-cpu/replication/study.yaml.",
-    )
-    add(parser, "config", required=True, help="the study YAML")
-    add(parser, "quick", action="store_true", help="the study's CI-sized variant (its `quick:` block)")
-    add(parser, "output_dir", help="default: the study's output_dir")
-    add(parser, "results_file", help="default: the study's results_file")
-    add(
-        parser,
-        "only_seed",
-        type=NON_NEGATIVE_INT,
-        help="train and measure this seed's training arms only (run another seed in a second process); "
-        "a final run without it gathers every seed",
-    )
-    add(
-        parser,
-        "only_arm",
-        help="train and measure this training arm only (with --only_seed: that seed's run of it), so that a second "
-        "process can take another arm of the same seed",
-    )
-    add(parser, "report", action="store_true", help="run nothing: write the results JSON from what is measured so far")
-    return parser
-
-
-def run_study_config(argv: list[str]) -> int:
-    from pathlib import Path
-
-    from ..workflows.study import StudyError, load_study, run_study
-    from ..workflows.study_report import render_report
-
-    args = build_study_parser().parse_args(argv)
-    study = load_study(args.config, quick=args.quick, output_dir=args.output_dir)
-    if args.results_file:
-        study.results_file = Path(args.results_file)
-    if args.only_seed is not None and not 0 <= args.only_seed < study.seeds:
-        raise StudyError(f"--only_seed {args.only_seed}: the study has seeds 0 to {study.seeds - 1}.")
-    if args.only_arm is not None and args.only_arm not in study.training_arms:
-        raise StudyError(
-            f"--only_arm {args.only_arm}: the study's training arms are {', '.join(study.training_arms)}."
-        )
-    results = run_study(study, only_seed=args.only_seed, only_arm=args.only_arm, report_only=args.report)
-    report = render_report(results)
-    (study.output_dir / "report.md").write_text(report, encoding="utf-8")
-    print(report)
-    print(
-        f"[em-trainer] study results in {os.path.abspath(study.results_file)}; report in {study.output_dir}/report.md"
-    )
-    return 0
 
 
 def main(argv: list[str]) -> int:
     from ..data.files import read_yaml_mapping
+    from ..workflows.executors import describe
     from ..workflows.study import is_study_config
-    from ..workflows.sweep import parse_grid, run_sweep, summary_table
+    from ..workflows.sweep import (
+        SweepError,
+        SweepPlan,
+        parse_grid,
+        plan_sweep,
+        run_sweep,
+        run_sweep_job,
+        summary_table,
+        sweep_jobs,
+    )
 
-    config = config_file_arg(argv)
+    config = config_file_from_argv(argv)
     if config is not None:
         read_yaml_mapping(config, "--config")
     if config is not None and is_study_config(config):
-        return run_study_config(argv)
+        from . import study
+
+        print("[em-trainer] deprecated: `em-trainer sweep --config <study YAML>` is now `em-trainer study --config "
+              "<study YAML>` (run as such).", file=sys.stderr)  # fmt: skip
+        return study.main(argv)
     args, extra = build_parser().parse_known_args(argv)
-    summary = run_sweep(
+    if args.job is not None:
+        if args.plan is None:
+            raise SweepError("--job needs --plan (the sweep's plan.json): the executors pass both.")
+        plan = SweepPlan.load(args.plan)
+        if args.job >= len(plan.runs):
+            raise SweepError(f"--job {args.job}: the plan has runs 0 to {len(plan.runs) - 1}.")
+        run_sweep_job(plan, args.job)
+        return 0
+    if args.config is None:
+        raise SweepError("--config is required: the `em-trainer train` YAML every run starts from.")
+    executor = executor_arguments(args)
+    planned = (
         args.config,
         args.output_dir,
         args.seeds,
@@ -113,14 +92,56 @@ def main(argv: list[str]) -> int:
             "temperature": args.eval_temperature,
             "batch_size": args.batch_size,
         },
-        eval_checkpoints=args.eval_checkpoints,
-        save_steps=args.save_steps,
-        extra_train_args=extra,
-        first_seed=args.first_seed,
-        launcher=args.launcher,
     )
+    options = {
+        "eval_checkpoints": args.eval_checkpoints,
+        "save_steps": args.save_steps,
+        "extra_train_args": extra,
+        "first_seed": args.first_seed,
+        "launcher": args.launcher,
+    }
+    if executor.dry_run:
+        plan = plan_sweep(*planned, **options)
+        plan.save()
+        print(describe(sweep_jobs(plan), executor, Path(plan.root) / "job_logs"))
+        return 0
+    summary = run_sweep(*planned, executor=executor, **options)
     print(summary_table(summary["aggregate"]))
     for plot in summary["plots"]:
         print(f"[em-trainer] plot: {plot}")
     print(f"[em-trainer] sweep results in {os.path.abspath(args.output_dir)}/sweep_summary.json")
     return 0
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every field of :class:`~em_trainer.workflows.executors.ExecutorArguments` as a flag."""
+    import dataclasses
+    import typing
+
+    from ..workflows.executors import EXECUTORS, ExecutorArguments
+
+    group = parser.add_argument_group("executor (how the runs are run: docs/scale.md)")
+    hints = typing.get_type_hints(ExecutorArguments)
+    for item in dataclasses.fields(ExecutorArguments):
+        help_text = item.metadata.get("help")
+        hint = str(hints[item.name])
+        if item.name == "executor":
+            add(group, item.name, choices=EXECUTORS, default=item.default, help=help_text)
+        elif hints[item.name] is bool:
+            add(group, item.name, action="store_true", help=help_text)
+        elif hint.startswith("list"):
+            add(group, item.name, action="append", default=[], help=help_text + " (repeat the flag)")
+        else:
+            kind = float if "float" in hint else int if "int" in hint else str
+            domain = {int: NON_NEGATIVE_INT, float: NON_NEGATIVE_FLOAT}.get(kind, kind)
+            if item.name in ("max_parallel", "timeout_min"):
+                domain = POSITIVE_INT
+            add(group, item.name, type=domain, default=item.default, help=help_text)
+
+
+def executor_arguments(args: argparse.Namespace):
+    import dataclasses
+
+    from ..workflows.executors import ExecutorArguments
+
+    return ExecutorArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ExecutorArguments)})

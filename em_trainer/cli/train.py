@@ -130,14 +130,13 @@ def main(argv: list[str]) -> int:
     from ..data.files import atomic_write_json, check_writable_dir, read_yaml_mapping
     from ..data.identity import fingerprint
     from ..data.models import check_causal_lm, resolve_model
-    from ..data.paths import resolve_config_path
+    from ..data.paths import config_file_from_argv, resolve_config_path
     from ..data.prompts import load_prompt_dataset
     from ..evaluation.analysis import fresh_sample_entropy
     from ..evaluation.dev_set import build_dev_set_scorer
-    from .common import config_file_arg
     from .model_flags import model_loading, tokenizer_kwargs
 
-    config_file = config_file_arg(argv)
+    config_file = config_file_from_argv(argv)
     if config_file is not None:
         read_yaml_mapping(config_file, "--config")  # a folder, bad YAML or a list: one line, not a parser traceback
     script_args, config, model_args = build_parser().parse_args_and_config(argv)

@@ -37,3 +37,13 @@ def resolve_config_path(value: str | None, config_file: str | os.PathLike | None
             "Fix the path: relative paths in a config are read from the config file's folder."
         )
     return value
+
+
+def config_file_from_argv(argv: list[str]) -> str | None:
+    """The value of ``--config`` in ``argv`` (``--config PATH`` or ``--config=PATH``), before any parsing."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None

@@ -18,16 +18,19 @@ class RecordFile:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self, repair: bool = True) -> list[dict[str, Any]]:
+        """The finished records. ``repair`` rewrites the file without a torn last line, so the next append starts on
+        a fresh line: only the process that owns (appends to) the file may do that, never a reader beside it."""
         if not self.path.exists():
             return []
+        text = self.path.read_text(encoding="utf-8")
         records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-        if records and not self.path.read_text(encoding="utf-8").endswith("\n"):
+        if repair and records and not text.endswith("\n"):
             self.rewrite(records)
         return records
 

@@ -172,6 +172,7 @@ def _run(
         stderr=subprocess.PIPE,
         preexec_fn=_limit(limits, use_ns),  # noqa: PLW1509 - limits must be set in the child before exec
     )
+
     def kill() -> None:
         # In namespaces, kill the namespace's first process: the kernel then kills and reaps every process in it
         # before that process's exit completes, so unshare, and our wait on it, return only once nothing is left.

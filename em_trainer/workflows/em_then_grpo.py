@@ -13,9 +13,11 @@ One YAML file holds both phases::
     grpo: {dataset: <Hub id or file>, dataset_split: train, problem_column: null, answer_column: null,
            max_prompts: null, <GRPOConfig fields>}
 
-``order`` exists for the EM paper's ordering finding (EM before RL helps, RL before EM hurts): the same phases,
-the same settings, in either order or without EM. A finished phase leaves ``.phase_complete`` in its directory and
-is skipped on a rerun; an interrupted one resumes from its last checkpoint.
+The file is parsed with TrlParser into :class:`RecipeArguments` (every top-level key is also a flag), and each
+section becomes a typed phase once: :class:`PhaseData` plus an ``EMConfig`` or ``GRPOConfig``. ``order`` is a row of
+the phase table :data:`ORDERS`; it exists for the EM paper's ordering finding (EM before RL helps, RL before EM
+hurts): the same phases, the same settings, in either order or without EM. A finished phase leaves
+``.phase_complete`` in its directory and is skipped on a rerun; an interrupted one resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +38,7 @@ from ..data.paths import ConfigPathError, resolve_config_path
 from ..data.sources import DatasetError
 
 PHASE_MARKER = ".phase_complete"
-DATA_KEYS = ("dataset", "dataset_split", "problem_column", "answer_column", "max_prompts", "reward", "data_dir")
 REWARDS = ("accuracy", "code")
-TOP_KEYS = ("model", "output_dir", "push_to_hub", "hub_model_id", "peft", "merge_on_save", "order", "em", "grpo")
-ORDERS = ("em_then_grpo", "grpo_then_em", "grpo")
 
 EM_THEN_GRPO_DESCRIPTION = (
     "Two phases. (1) Entropy minimization (One-shot EM, Gao et al. 2025): responses sampled from the model for an "
@@ -53,40 +53,173 @@ class PipelineConfigError(ValueError):
     """A bad EM-then-GRPO configuration; the message names the key and the fix."""
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read the YAML and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+@dataclass
+class RecipeArguments:
+    """The recipe's own keys (the YAML's top level; each also a flag of ``recipes/em_then_grpo.py``).
+
+    Args:
+        model (`str` or `None`, defaults to `None`): the starting model (Hub id, folder, GGUF or an embedded name;
+            None: the embedded default).
+        output_dir (`str` or `None`, defaults to `None`): required; phase EM in ``<output_dir>/em``, GRPO in
+            ``<output_dir>/grpo``.
+        push_to_hub (`bool`, defaults to `False`): push each finished phase, with its model card.
+        hub_model_id (`str` or `None`, defaults to `None`): pushes ``<id>-em`` and ``<id>-em-grpo``.
+        peft (`dict` or `None`, defaults to `None`): LoRA settings for both phases (``LoraConfig`` fields).
+        merge_on_save (`bool`, defaults to `True`): LoRA: save merged full weights (the next phase needs them).
+        order (`str`, defaults to `"em_then_grpo"`): a row of :data:`ORDERS`: ``em_then_grpo``, ``grpo_then_em``
+            (EM from the GRPO weights) or ``grpo`` (no EM phase), for the EM paper's ordering finding.
+        em (`dict`, defaults to `{}`): the EM phase: :class:`PhaseData` keys and :class:`EMConfig` fields.
+        grpo (`dict`, defaults to `{}`): the GRPO phase: :class:`PhaseData` keys and TRL ``GRPOConfig`` fields.
+        set (`list[str]`, defaults to `[]`): ``section.key=value`` overrides of the sections (values read as YAML).
+    """
+
+    model: str | None = None
+    output_dir: str | None = None
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    peft: dict | None = None
+    merge_on_save: bool = True
+    order: str = "em_then_grpo"
+    em: dict = field(default_factory=dict)
+    grpo: dict = field(default_factory=dict)
+    set: list[str] = field(default_factory=list, metadata={"help": "section.key=value, e.g. grpo.max_steps=5"})
+
+
+@dataclass
+class PhaseData:
+    """What a phase trains on (split off its section; the rest are the trainer config's fields).
+
+    Args:
+        dataset (`str` or `None`): Hub id or local file (EM: None is the paper's one-shot prompt; GRPO: required).
+        dataset_split (`str`, defaults to `"train"`), problem_column (`str` or `None`), answer_column (`str` or
+            `None`), max_prompts (`int` or `None`): which rows and columns.
+        reward (`str`, defaults to `"accuracy"`): GRPO's reward, ``accuracy`` (math-verify) or ``code`` (sandbox).
+        data_dir (`str` or `None`): where a code benchmark's files are (GRPO with ``reward: code``).
+    """
+
+    dataset: str | None = None
+    dataset_split: str = "train"
+    problem_column: str | None = None
+    answer_column: str | None = None
+    max_prompts: int | None = None
+    reward: str = "accuracy"
+    data_dir: str | None = None
+
+
+DATA_KEYS = tuple(f.name for f in fields(PhaseData))
+
+
+@dataclass
+class Phase:
+    """One phase, typed once when the recipe is loaded: its directory, trainer config and data."""
+
+    name: str
+    directory: Path
+    args: Any  # EMConfig or GRPOConfig
+    data: PhaseData
+
+
+@dataclass
+class Recipe:
+    """A loaded recipe: its own arguments and each phase of its order, in order."""
+
+    args: RecipeArguments
+    phases: dict[str, Phase]
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return ORDERS[self.args.order]
+
+
+# The phase table: each order is the phases it runs, in sequence; each phase starts from the previous one's weights.
+ORDERS: dict[str, tuple[str, ...]] = {
+    "em_then_grpo": ("em", "grpo"),
+    "grpo_then_em": ("grpo", "em"),
+    "grpo": ("grpo",),
+}
+TOP_KEYS = tuple(f.name for f in fields(RecipeArguments) if f.name != "set")
+
+
+def recipe_parser() -> Any:
+    """TrlParser over :class:`RecipeArguments`: ``--config`` YAML, flags (``--order grpo``, ``--set em.seed=3``)."""
+    from trl import TrlParser
+
+    class RecipeParser(TrlParser):
+        def error(self, message: str):
+            raise PipelineConfigError(message)
+
+    return RecipeParser((RecipeArguments,), prog="em_then_grpo")
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None, argv: list[str] | None = None) -> Recipe:
+    """Read the recipe YAML, then flags (``argv``) and ``section.key=value`` overrides; type every phase."""
     try:
-        config = read_yaml_mapping(path, "recipe config")
+        raw = read_yaml_mapping(path, "recipe config")
     except ConfigFileError as error:
         raise PipelineConfigError(str(error)) from None
-    for item in overrides or []:
+    unknown = [k for k in raw if k not in TOP_KEYS]
+    if unknown:
+        raise PipelineConfigError(f"Unknown top-level key(s) {unknown}; allowed: {list(TOP_KEYS)}.")
+    for phase in ("em", "grpo"):
+        if raw.get(phase) is not None and not isinstance(raw[phase], dict):
+            raise PipelineConfigError(f"'{phase}' must be a mapping of settings, got {raw[phase]!r}.")
+    try:
+        (args,) = recipe_parser().parse_args_and_config(["--config", str(path), *(argv or [])])
+    except (ValueError, TypeError) as error:
+        raise PipelineConfigError(str(error)) from None
+    args.em, args.grpo = copy.deepcopy(args.em or {}), copy.deepcopy(args.grpo or {})
+    for item in [*args.set, *(overrides or [])]:
         if "=" not in item:
             raise PipelineConfigError(f"Override '{item}' must look like key=value or section.key=value.")
         key, value = item.split("=", 1)
-        target = config
         parts = key.split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = yaml.safe_load(value)
-    unknown = [k for k in config if k not in TOP_KEYS]
-    if unknown:
-        raise PipelineConfigError(f"Unknown top-level key(s) {unknown}; allowed: {list(TOP_KEYS)}.")
-    if config.setdefault("order", "em_then_grpo") not in ORDERS:
-        raise PipelineConfigError(f"order: {config['order']!r}; use one of {list(ORDERS)}.")
-    for phase in ("em", "grpo"):
-        if config.get(phase) is not None and not isinstance(config[phase], dict):
-            raise PipelineConfigError(f"'{phase}' must be a mapping of settings, got {config[phase]!r}.")
+        if parts[0] not in TOP_KEYS:
+            raise PipelineConfigError(f"Override '{item}': {parts[0]!r} is not a key; allowed: {list(TOP_KEYS)}.")
+        if len(parts) == 1:
+            setattr(args, key, yaml.safe_load(value))
+        else:
+            target = getattr(args, parts[0])
+            for part in parts[1:-1]:
+                target = target.setdefault(part, {})
+            target[parts[-1]] = yaml.safe_load(value)
+    if args.order not in ORDERS:
+        raise PipelineConfigError(f"order: {args.order!r}; use one of {list(ORDERS)}.")
     try:
-        config["model"] = resolve_config_path(config.get("model"), path, "model")
+        args.model = resolve_config_path(args.model, path, "model")
         for phase, key in (("em", "dataset"), ("grpo", "dataset"), ("grpo", "data_dir")):
-            section = config.get(phase) or {}
+            section = getattr(args, phase)
             if key in section:
                 section[key] = resolve_config_path(section[key], path, f"{phase}.{key}")
     except ConfigPathError as error:
         raise PipelineConfigError(str(error)) from error
-    if "output_dir" not in config:
+    if not args.output_dir:
         raise PipelineConfigError("The config needs an output_dir (phase 1 goes to <output_dir>/em, 2 to /grpo).")
-    return config
+    phases = {name: _typed_phase(args, name) for name in ORDERS[args.order]}
+    return Recipe(args=args, phases=phases)
+
+
+def _typed_phase(args: RecipeArguments, name: str) -> Phase:
+    """A section split into its :class:`PhaseData` and its trainer config (EMConfig or GRPOConfig), built once."""
+    settings = dict(getattr(args, name))
+    data = PhaseData(**{k: settings.pop(k) for k in DATA_KEYS if k in settings})
+    settings.setdefault("push_to_hub", False)  # the top-level push_to_hub decides, after the card is written
+    directory = Path(args.output_dir) / name
+    hub = f"{args.hub_model_id}-{'em' if name == 'em' else 'em-grpo'}" if args.hub_model_id else None
+    if name == "em":
+        from ..core.config import EMConfig
+
+        config = _build(EMConfig, "em", settings, output_dir=str(directory), hub_model_id=hub)
+    else:
+        from trl import GRPOConfig
+
+        if "bf16" not in settings and not _cuda():
+            settings["bf16"] = False  # GRPOConfig defaults to bf16, which a CPU cannot train in
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ and not _cuda():
+            settings.setdefault("use_cpu", True)  # several CPU processes: gloo, as EMConfig does
+        config = _build(GRPOConfig, "grpo", settings, output_dir=str(directory), hub_model_id=hub)
+    if data.reward not in REWARDS:
+        raise PipelineConfigError(f"{name}.reward: {data.reward!r}; use one of {list(REWARDS)}.")
+    return Phase(name=name, directory=directory, args=config, data=data)
 
 
 def _peft_config(settings: dict[str, Any] | None):
@@ -129,39 +262,20 @@ def _mark_complete(trainer: Any, directory: Path, summary: dict[str, Any]) -> No
     trainer.accelerator.wait_for_everyone()
 
 
-def _hub_id(config: dict[str, Any], suffix: str) -> str | None:
-    hub = config.get("hub_model_id")
-    return f"{hub}-{suffix}" if hub else None
-
-
-def _phase_settings(config: dict[str, Any], phase: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """The phase's directory, its trainer-config fields, and its data keys (split off the config fields)."""
-    settings = copy.deepcopy(config.get(phase) or {})
-    data = {k: settings.pop(k) for k in DATA_KEYS if k in settings}
-    settings.setdefault("push_to_hub", False)  # the top-level push_to_hub decides, after the card is written
-    return Path(config["output_dir"]) / phase, settings, data
-
-
-def run_em_phase(config: dict[str, Any], start: Path | None = None) -> Path:
-    """The EM phase, from ``start`` (a previous phase's weights) or the config's model. Returns its final weights."""
+def run_em_phase(recipe: Recipe, start: Path | None = None) -> Path:
+    """The EM phase, from ``start`` (a previous phase's weights) or the recipe's model. Returns its final weights."""
     from ..core.trainer import EMTrainer
     from ..data.models import resolve_model
     from ..data.prompts import load_prompt_dataset
     from ..evaluation.dev_set import build_dev_set_scorer
 
-    directory, settings, data = _phase_settings(config, "em")
+    phase = recipe.phases["em"]
+    directory, args, data = phase.directory, phase.args, phase.data
     if (directory / PHASE_MARKER).is_file():
         print(f"[em-trainer] EM phase already complete in {directory}; skipping", flush=True)
         return directory
-    push = bool(config.get("push_to_hub"))
-    args = _em_args(config)
-    dataset = load_prompt_dataset(
-        data.get("dataset"),
-        data.get("dataset_split", "train"),
-        data.get("problem_column"),
-        limit=data.get("max_prompts"),
-    )
-    model_path = str(start) if start is not None else resolve_model(config.get("model"))
+    dataset = load_prompt_dataset(data.dataset, data.dataset_split, data.problem_column, limit=data.max_prompts)
+    model_path = str(start) if start is not None else resolve_model(recipe.args.model)
     scorer = None
     if args.early_stopping_dev_set:
         from transformers import AutoTokenizer
@@ -171,40 +285,40 @@ def run_em_phase(config: dict[str, Any], start: Path | None = None) -> Path:
         model=model_path,
         args=args,
         train_dataset=dataset,
-        peft_config=_peft_config(config.get("peft")),
+        peft_config=_peft_config(recipe.args.peft),
         dev_set_scorer=scorer,
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
-    _save_final(trainer, directory, bool(config.get("merge_on_save", True)))
-    dataset_name = data.get("dataset") or "one-shot EM prompt (pi1)"
+    _save_final(trainer, directory, recipe.args.merge_on_save)
+    dataset_name = data.dataset or "one-shot EM prompt (pi1)"
     trainer.create_model_card(dataset_name=dataset_name)
-    if push:
+    if recipe.args.push_to_hub:
         trainer.push_to_hub(dataset_name=dataset_name)
     _mark_complete(trainer, directory, {"phase": "em", "steps": trainer.state.global_step, "dataset": dataset_name})
     return directory
 
 
-def load_code_dataset(settings: dict[str, Any]):
+def load_code_dataset(data: PhaseData):
     """The GRPO phase's code prompts with a ``gold`` column of tests: a code benchmark by name (local or Hub)."""
     from datasets import Dataset
 
     from ..data.prompts import format_problem
     from ..evaluation.benchmarks import BENCHMARKS, EvaluationError, load_benchmark
 
-    name = settings.get("dataset")
+    name = data.dataset
     if name not in BENCHMARKS or BENCHMARKS[name].kind != "code":
         code = [n for n, b in BENCHMARKS.items() if b.kind == "code"]
         raise PipelineConfigError(
             f"grpo.reward: code needs grpo.dataset to be a code benchmark ({code}), got {name!r}."
         )
     try:
-        rows = load_benchmark(name, settings.get("data_dir"), settings.get("max_prompts"))
+        rows = load_benchmark(name, data.data_dir, data.max_prompts)
     except EvaluationError as error:
         raise PipelineConfigError(f"grpo.dataset {name!r}: {error}") from error
     return Dataset.from_list([{"prompt": format_problem(r["problem"], None), "gold": r["gold"]} for r in rows])
 
 
-def load_labeled_dataset(settings: dict[str, Any]):
+def load_labeled_dataset(data: PhaseData):
     """The GRPO phase's prompts with an ``answer`` column, from a Hub id or a local file."""
     from datasets import Dataset
 
@@ -212,15 +326,15 @@ def load_labeled_dataset(settings: dict[str, Any]):
     from ..data.prompts import format_problem
     from ..data.sources import load_pool
 
-    source = settings.get("dataset")
+    source = data.dataset
     if not source:
         raise PipelineConfigError("grpo.dataset is required: a Hub id or a local file of problems with answers.")
-    rows = load_pool(source, settings.get("dataset_split", "train"), settings.get("max_prompts"))
-    column = settings.get("problem_column")
+    rows = load_pool(source, data.dataset_split, data.max_prompts)
+    column = data.problem_column
     records = []
     for row in rows:
         name = column or next((c for c in PROBLEM_COLUMNS if row.get(c)), None)
-        answer = pool_answer(row, settings.get("answer_column"))
+        answer = pool_answer(row, data.answer_column)
         if name is None or answer is None:
             continue
         problem = row[name]
@@ -292,26 +406,6 @@ class GRPOAfterEMTrainer(GRPOTrainer):
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
 
-def _em_args(config: dict[str, Any]) -> Any:
-    """The EM phase's EMConfig; an unknown key or a bad value is named as ``em.<key>``."""
-    from ..core.config import EMConfig
-
-    directory, settings, _ = _phase_settings(config, "em")
-    return _build(EMConfig, "em", settings, output_dir=str(directory), hub_model_id=_hub_id(config, "em"))
-
-
-def _grpo_args(config: dict[str, Any]) -> Any:
-    """The GRPO phase's GRPOConfig, with this machine's defaults (no bf16 on CPU; gloo for several CPU processes)."""
-    from trl import GRPOConfig
-
-    directory, settings, _ = _phase_settings(config, "grpo")
-    if "bf16" not in settings and not _cuda():
-        settings["bf16"] = False  # GRPOConfig defaults to bf16, which a CPU cannot train in
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "MASTER_ADDR" in os.environ and not _cuda():
-        settings.setdefault("use_cpu", True)  # several CPU processes: gloo, as EMConfig does
-    return _build(GRPOConfig, "grpo", settings, output_dir=str(directory), hub_model_id=_hub_id(config, "em-grpo"))
-
-
 def _build(cls: Any, phase: str, settings: dict[str, Any], **fixed: Any) -> Any:
     import dataclasses
 
@@ -328,53 +422,56 @@ def _build(cls: Any, phase: str, settings: dict[str, Any], **fixed: Any) -> Any:
         raise PipelineConfigError(f"{phase}: {str(error).strip()}".replace("\n", " ")) from error
 
 
-def run_grpo_phase(config: dict[str, Any], em_dir: Path | None) -> Path:
-    """GRPO with the accuracy reward, from the EM phase's weights ``em_dir`` or, when None, the config's model."""
+def run_grpo_phase(recipe: Recipe, start: Path | None = None) -> Path:
+    """GRPO with the phase's reward, from ``start`` (the EM phase's weights) or, when None, the recipe's model."""
 
     from ..data.models import base_model_id, resolve_model
     from ..evaluation.rewards import accuracy_reward
 
-    directory, settings, data = _phase_settings(config, "grpo")
+    phase = recipe.phases["grpo"]
+    directory, args, data = phase.directory, phase.args, phase.data
     if (directory / PHASE_MARKER).is_file():
         print(f"[em-trainer] GRPO phase already complete in {directory}; skipping", flush=True)
         return directory
-    reward_name = data.get("reward", "accuracy")
-    args = _grpo_args(config)
-    if reward_name == "code":
+    if data.reward == "code":
         from ..evaluation.code_tasks import code_reward
 
         dataset, reward = load_code_dataset(data), code_reward
     else:
         dataset, reward = load_labeled_dataset(data), accuracy_reward
 
-    model: Any = str(em_dir) if em_dir is not None else resolve_model(config.get("model"))
+    model: Any = str(start) if start is not None else resolve_model(recipe.args.model)
     processing_class = None
-    if em_dir is not None and (em_dir / "adapter_config.json").is_file():
-        # Phase 1 kept its LoRA adapter unmerged: fold it into the base weights so GRPO starts from the EM model.
+    if start is not None and (start / "adapter_config.json").is_file():
+        # The EM phase kept its LoRA adapter unmerged: fold it into the base weights so GRPO starts from the EM model.
         from peft import AutoPeftModelForCausalLM
         from transformers import AutoTokenizer
 
-        model = AutoPeftModelForCausalLM.from_pretrained(str(em_dir)).merge_and_unload()
-        processing_class = AutoTokenizer.from_pretrained(str(em_dir), padding_side="left")
+        model = AutoPeftModelForCausalLM.from_pretrained(str(start)).merge_and_unload()
+        processing_class = AutoTokenizer.from_pretrained(str(start), padding_side="left")
     trainer = GRPOAfterEMTrainer(
         model=model,
         reward_funcs=[reward],
         args=args,
         train_dataset=dataset,
         processing_class=processing_class,
-        peft_config=_peft_config(config.get("peft")),
-        em_dir=em_dir,
-        base_model=base_model_id(config.get("model")),
-        dataset_name=data.get("dataset"),
-        reward_description="tests pass in the sandbox" if reward_name == "code" else "accuracy (math-verify)",
+        peft_config=_peft_config(recipe.args.peft),
+        em_dir=start,
+        base_model=base_model_id(recipe.args.model),
+        dataset_name=data.dataset,
+        reward_description="tests pass in the sandbox" if data.reward == "code" else "accuracy (math-verify)",
     )
     trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
-    _save_final(trainer, directory, bool(config.get("merge_on_save", True)))
-    trainer.create_model_card(dataset_name=data.get("dataset"))
-    if config.get("push_to_hub"):
-        trainer.push_to_hub(dataset_name=data.get("dataset"))
+    _save_final(trainer, directory, recipe.args.merge_on_save)
+    trainer.create_model_card(dataset_name=data.dataset)
+    if recipe.args.push_to_hub:
+        trainer.push_to_hub(dataset_name=data.dataset)
     _mark_complete(trainer, directory, {"phase": "grpo", "steps": trainer.state.global_step})
     return directory
+
+
+# Each phase of the table, as a function of the recipe and the previous phase's weights (None: the recipe's model).
+PHASES = {"em": run_em_phase, "grpo": run_grpo_phase}
 
 
 def _cuda() -> bool:
@@ -383,62 +480,49 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def check_grpo_data(config: dict[str, Any]) -> None:
-    """Load phase 2's dataset before phase 1 trains: a wrong path or reward must not cost the whole EM phase."""
-    _, _, data = _phase_settings(config, "grpo")
-    if (Path(config["output_dir"]) / "grpo" / PHASE_MARKER).is_file():
+def check_grpo_data(recipe: Recipe) -> None:
+    """Load the GRPO phase's dataset before anything trains: a wrong path or reward must not cost the EM phase."""
+    phase = recipe.phases["grpo"]
+    if (phase.directory / PHASE_MARKER).is_file():
         return
-    reward_name = data.get("reward", "accuracy")
-    if reward_name not in REWARDS:
-        raise PipelineConfigError(f"grpo.reward: {reward_name!r}; use one of {list(REWARDS)}.")
     try:
-        load_code_dataset(data) if reward_name == "code" else load_labeled_dataset(data)
+        load_code_dataset(phase.data) if phase.data.reward == "code" else load_labeled_dataset(phase.data)
     except DatasetError as error:
         raise PipelineConfigError(f"grpo.dataset: {error}") from error
 
 
-def preflight(config: dict[str, Any]) -> None:
-    """Check everything the unfinished phases need before either trains, so a bad value costs seconds, not a phase:
-    the output directory is writable, the model resolves to a causal LM, each phase's settings build a valid config,
-    and each phase's dataset loads with the columns it needs."""
+def preflight(recipe: Recipe) -> None:
+    """Check everything the unfinished phases need before any trains, so a bad value costs seconds, not a phase:
+    the output directory is writable, the model resolves to a causal LM (each phase's config was built when the
+    recipe was loaded), and each phase's dataset loads with the columns it needs."""
     from ..core.trainer import EMTrainer
     from ..data.files import check_writable_dir
     from ..data.models import check_causal_lm, resolve_model
     from ..data.prompts import load_prompt_dataset
 
-    check_writable_dir(config["output_dir"], "output_dir")
-    check_causal_lm(resolve_model(config.get("model")))
-    order = config.get("order", "em_then_grpo")
-    em_dir, _, em_data = _phase_settings(config, "em")
-    if order != "grpo" and not (em_dir / PHASE_MARKER).is_file():
-        args = _em_args(config)
+    check_writable_dir(recipe.args.output_dir, "output_dir")
+    check_causal_lm(resolve_model(recipe.args.model))
+    em = recipe.phases.get("em")
+    if em is not None and not (em.directory / PHASE_MARKER).is_file():
+        data = em.data
         try:
-            dataset = load_prompt_dataset(
-                em_data.get("dataset"), em_data.get("dataset_split", "train"), em_data.get("problem_column"),
-                limit=em_data.get("max_prompts"),
-            )  # fmt: skip
-            EMTrainer._check_dataset_fits_batch(dataset, args)
+            dataset = load_prompt_dataset(data.dataset, data.dataset_split, data.problem_column,
+                                          limit=data.max_prompts)  # fmt: skip
+            EMTrainer._check_dataset_fits_batch(dataset, em.args)
         except (DatasetError, ValueError) as error:
             raise PipelineConfigError(f"em.dataset: {error}") from error
-    if not (Path(config["output_dir"]) / "grpo" / PHASE_MARKER).is_file():
-        _grpo_args(config)
-        check_grpo_data(config)
+    if "grpo" in recipe.phases:
+        check_grpo_data(recipe)
 
 
-def run_em_then_grpo(config: dict[str, Any]) -> tuple[Path | None, Path]:
-    """Run the config's phases in its ``order``; returns the EM and GRPO phases' directories (EM None if skipped)."""
-    preflight(config)
-    order = config.get("order", "em_then_grpo")
-    em_dir: Path | None = None
-    if order == "em_then_grpo":
-        em_dir = run_em_phase(config)
-        grpo_dir = run_grpo_phase(config, em_dir)
-        print(f"[em-trainer] EM model: {em_dir}\n[em-trainer] EM then GRPO model: {grpo_dir}", flush=True)
-    elif order == "grpo_then_em":
-        grpo_dir = run_grpo_phase(config, None)
-        em_dir = run_em_phase(config, start=grpo_dir)
-        print(f"[em-trainer] GRPO model: {grpo_dir}\n[em-trainer] GRPO then EM model: {em_dir}", flush=True)
-    else:
-        grpo_dir = run_grpo_phase(config, None)
-        print(f"[em-trainer] GRPO model: {grpo_dir}", flush=True)
-    return em_dir, grpo_dir
+def run_em_then_grpo(recipe: Recipe) -> tuple[Path | None, Path | None]:
+    """Run the recipe's phases in its order (a row of :data:`ORDERS`), each from the previous one's weights;
+    returns the EM and GRPO phases' directories (None for a phase the order leaves out)."""
+    preflight(recipe)
+    done: dict[str, Path] = {}
+    previous: Path | None = None
+    for name in recipe.order:
+        previous = done[name] = PHASES[name](recipe, previous)
+    names = {"em": "EM", "grpo": "GRPO"}
+    print(f"[em-trainer] {' then '.join(names[n] for n in recipe.order)} model: {previous}", flush=True)
+    return done.get("em"), done.get("grpo")

@@ -19,11 +19,12 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..data.files import atomic_write_json, read_yaml_mapping
+from ..data.files import atomic_write_json
 from ..data.paths import resolve_config_path
 from .sweep import RUN_MARKER, Run, SweepError, check_run, summarize, train_run
 
@@ -38,8 +39,74 @@ class StudyError(SweepError):
 
 
 @dataclass
+class StudyConfig:
+    """A study's definition: the YAML given to ``em-trainer study --config`` (every key also a flag, TrlParser's way).
+
+    Args:
+        model (`str`, defaults to `"smollm2-135m-instruct"`): the base model every arm starts from (Hub id, folder,
+            or an embedded name).
+        output_dir (`str`, defaults to `"outputs/study"`): runs, measurements, job logs and the report.
+        results_file (`str` or `None`, defaults to `None`): the results JSON; None: ``<output_dir>/results.json``.
+        seeds (`int`, defaults to `8`): seeds per training arm (and sampled measurements per decoding arm).
+        steps (`list[int]`, defaults to `[0]`): the steps measured; training runs to the last; 0 is the base model.
+        test_size (`int`, defaults to `40`): the first ``test_size`` problems of the ``arithmetic`` benchmark.
+        pool_size (`int`, defaults to `64`), pool_seed (`int`, defaults to `1`): the training pool, drawn outside
+            the test benchmark.
+        select (`dict`, defaults to `{}`): ``em-trainer select`` options (k, temperature, max_new_tokens, ...).
+        measure (`dict`, defaults to `{}`): measurement settings (max_new_tokens 96, temperature 0.5,
+            entropy_problems 4, entropy_samples 4, batch_size 8, temperatures, temperature_steps, histogram_bins).
+        arms (`dict`, defaults to `{}`): name -> ``{kind: decode, decoding: plain|em_inf|adaptive_temperature}`` or
+            ``{kind: train, config: <train YAML beside the study>, train_args: [...]}``.
+        train_args (`list[str]`, defaults to `[]`): ``em-trainer train`` options every training run gets.
+        quick_variant (`dict`, defaults to `{}`): the CI-sized variant, applied with ``--quick`` over the keys above
+            (a key given as a flag wins over it). Older files call it ``quick:``; that still works, with a line
+            saying so.
+    """
+
+    model: str = "smollm2-135m-instruct"
+    output_dir: str = "outputs/study"
+    results_file: str | None = None
+    seeds: int = 8
+    steps: list[int] = field(default_factory=lambda: [0])
+    test_size: int = 40
+    pool_size: int = 64
+    pool_seed: int = 1
+    select: dict = field(default_factory=dict)
+    measure: dict = field(default_factory=dict)
+    arms: dict = field(default_factory=dict)
+    train_args: list[str] = field(default_factory=list)
+    quick_variant: dict = field(default_factory=dict)
+
+
+@dataclass
+class StudyRunArguments:
+    """How this invocation runs the study (not part of the study's identity).
+
+    Args:
+        quick (`bool`, defaults to `False`): apply the study's ``quick_variant`` (the CI-sized study).
+        only_seed (`int` or `None`, defaults to `None`), only_arm (`str` or `None`, defaults to `None`): run only
+            that seed's / arm's training jobs (the preparation is shared, under a lock); a later plain run gathers.
+        report (`bool`, defaults to `False`): run nothing; write the results JSON from what is measured so far.
+        launcher (`str` or `None`, defaults to `None`): prefix of every training run, e.g. ``accelerate launch
+            --num_processes 8`` for one multi-GPU run per job.
+        job (`str` or `None`, defaults to `None`): ``<arm>:<seed>``, one prepared job (what the executors run).
+        prepare (`bool`, defaults to `False`): run the preparation only (what a submitted executor runs first).
+        plan (`str` or `None`, defaults to `None`): the study's ``plan.json`` that ``job`` and ``prepare`` read.
+    """
+
+    quick: bool = field(default=False, metadata={"help": "the study's CI-sized variant (its quick_variant block)"})
+    only_seed: int | None = field(default=None, metadata={"help": "train and measure this seed's jobs only"})
+    only_arm: str | None = field(default=None, metadata={"help": "train and measure this arm's jobs only"})
+    report: bool = field(default=False, metadata={"help": "run nothing: write the results JSON from what is measured"})
+    launcher: str | None = field(default=None, metadata={"help": "prefix of each training run (accelerate launch)"})
+    job: str | None = field(default=None, metadata={"help": "internal: <arm>:<seed>, one prepared job"})
+    prepare: bool = field(default=False, metadata={"help": "internal: run the preparation of the plan's study"})
+    plan: str | None = field(default=None, metadata={"help": "internal: the prepared study's plan.json"})
+
+
+@dataclass
 class Study:
-    """A study configuration (see ``study.yaml`` for what each key means)."""
+    """A study configuration, resolved (paths, the quick variant, flags) and checked."""
 
     config_path: Path
     output_dir: Path
@@ -68,11 +135,15 @@ class Study:
         """Whether the accuracy-against-temperature curve is measured at this step (``measure.temperature_steps``)."""
         return step in self.measure.get("temperature_steps", [])
 
+    def to_plan(self) -> dict[str, Any]:
+        """Everything a job needs to rebuild this study (``plan.json``), so jobs never re-read the YAML or flags."""
+        return {**asdict(self), "config_path": str(self.config_path), "output_dir": str(self.output_dir),
+                "results_file": str(self.results_file)}  # fmt: skip
 
-_TOP_KEYS = {
-    "output_dir", "results_file", "model", "seeds", "steps", "test_size", "pool_size", "pool_seed", "select",
-    "measure", "arms", "train_args", "quick",
-}  # fmt: skip
+    @classmethod
+    def from_plan(cls, plan: dict[str, Any]) -> Study:
+        paths = {key: Path(plan[key]) for key in ("config_path", "output_dir", "results_file")}
+        return cls(**{**plan, **paths})
 
 
 def is_study_config(path: str | Path) -> bool:
@@ -86,24 +157,80 @@ def is_study_config(path: str | Path) -> bool:
     return isinstance(content, dict) and "arms" in content
 
 
-def load_study(path: str | Path, quick: bool = False, output_dir: str | None = None) -> Study:
-    """Read a study YAML; ``quick`` applies its ``quick:`` block (the CI-sized variant) on top."""
+def study_parser() -> Any:
+    """TrlParser over the study's definition, how to run it, and the executor: one ``--config`` YAML plus flags."""
+    from trl import TrlParser
 
-    path = Path(path)
-    raw = read_yaml_mapping(path, "study config")
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise StudyError(f"{path}: unknown key(s) {sorted(unknown)}; the keys a study takes are {sorted(_TOP_KEYS)}.")
+    from .executors import ExecutorArguments
+
+    class StudyParser(TrlParser):
+        def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
+            if isinstance(kwargs.get("quick"), dict):
+                # The block's old name; `quick` is now only the flag that applies it.
+                print("[em-trainer] deprecated: the study YAML's `quick:` block is now `quick_variant:` (read as "
+                      "such).", file=sys.stderr)  # fmt: skip
+                kwargs["quick_variant"] = kwargs.pop("quick")
+            return super().set_defaults_with_config(**kwargs)
+
+        def error(self, message: str):  # one line, like every other verb
+            self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+    return StudyParser(
+        (StudyConfig, StudyRunArguments, ExecutorArguments),
+        prog="em-trainer study",
+        description="Run (or resume) a study: the base model, decoding arms and training arms x seeds, measured on "
+        "held-out problems; the training jobs fan out through an executor (local processes or SLURM).",
+    )
+
+
+def parse_study_arguments(argv: list[str]) -> tuple[StudyConfig, StudyRunArguments, Any, set[str]]:
+    """The three dataclasses of ``em-trainer study`` argv, and the names given as flags (they win over --quick)."""
+    from ..data.files import read_yaml_mapping
+    from ..data.paths import config_file_from_argv
+    from .executors import ExecutorArguments
+
+    config = config_file_from_argv(argv)
+    if config is not None:
+        content = read_yaml_mapping(config, "study config")  # a folder, bad YAML or a list: one line
+        known = {f.name for kind in (StudyConfig, StudyRunArguments, ExecutorArguments) for f in fields(kind)}
+        unknown = set(content) - known - {"quick", "env"}
+        if unknown:
+            raise StudyError(f"{config}: unknown key(s) {sorted(unknown)}; the keys a study takes are "
+                             f"{sorted(known)}.")  # fmt: skip
+    definition, run, executor = study_parser().parse_args_and_config(argv)
+    given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    return definition, run, executor, given
+
+
+def load_study(path: str | Path | None, quick: bool = False, output_dir: str | None = None,
+               argv: list[str] | None = None) -> Study:  # fmt: skip
+    """Read a study YAML (with optional extra flags); ``quick`` applies its ``quick_variant`` on top."""
+    args = [*(["--config", str(path)] if path is not None else []), *(argv or [])]
+    if output_dir is not None:
+        args += ["--output_dir", str(output_dir)]
+    definition, _, _, given = parse_study_arguments(args)
+    return resolve_study(definition, Path(path) if path is not None else None, quick, given)
+
+
+def resolve_study(definition: StudyConfig, path: Path | None, quick: bool, given: set[str]) -> Study:
+    """Apply the quick variant (where no flag set the key), resolve the arms' configs beside the YAML, check."""
+    raw = asdict(definition)
     if quick:
-        for key, value in (raw.get("quick") or {}).items():
+        known = set(raw) - {"quick_variant"}
+        unknown = set(definition.quick_variant) - known
+        if unknown:
+            raise StudyError(f"quick_variant: unknown key(s) {sorted(unknown)}; it overrides {sorted(known)}.")
+        for key, value in definition.quick_variant.items():
+            if key in given:
+                continue
             if isinstance(value, dict) and isinstance(raw.get(key), dict) and key != "arms":
                 raw[key] = {**raw[key], **value}
             else:
                 raw[key] = value
-    steps = sorted({int(s) for s in raw.get("steps", [0])})
+    steps = sorted({int(s) for s in raw["steps"] or [0]})
     if steps[0] != 0:
         steps = [0, *steps]
-    arms = raw.get("arms") or {}
+    arms = {name: dict(arm or {}) for name, arm in (raw["arms"] or {}).items()}
     for name, arm in arms.items():
         kind = arm.get("kind")
         if kind not in ARM_KINDS:
@@ -114,24 +241,32 @@ def load_study(path: str | Path, quick: bool = False, output_dir: str | None = N
             arm["config"] = resolve_config_path(arm.get("config"), path, f"arms.{name}.config")
             if not arm["config"] or not Path(arm["config"]).is_file():
                 raise StudyError(f"arms.{name}.config must name an `em-trainer train` YAML beside the study.")
-    seeds = int(raw.get("seeds", 8))
-    if seeds < 1 or raw.get("test_size", 1) < 1 or raw.get("pool_size", 1) < 1:
-        raise StudyError("seeds, test_size and pool_size must be at least 1.")
-    output = Path(output_dir or raw.get("output_dir", "outputs/study"))
+            if "train_args" in arm:
+                if not isinstance(arm["train_args"], list):
+                    raise StudyError(f"arms.{name}.train_args must be a list of `em-trainer train` options.")
+                arm["train_args"] = [str(a) for a in arm["train_args"]]
+    for key in ("seeds", "test_size", "pool_size"):
+        if raw[key] < 1:
+            raise StudyError(f"{key} {raw[key]}: must be at least 1 (seeds, test_size and pool_size).")
+    if raw["pool_seed"] < 0:
+        raise StudyError(f"pool_seed {raw['pool_seed']}: must be >= 0.")
+    if any(int(step) < 0 for step in raw["steps"] or []):
+        raise StudyError(f"steps {raw['steps']}: steps are optimizer steps, >= 0.")
+    output = Path(raw["output_dir"])
     return Study(
-        config_path=path,
+        config_path=path if path is not None else Path("."),
         output_dir=output,
-        results_file=Path(raw.get("results_file", output / "results.json")),
-        model=raw.get("model", "smollm2-135m-instruct"),
-        seeds=seeds,
+        results_file=Path(raw["results_file"] or output / "results.json"),
+        model=raw["model"],
+        seeds=int(raw["seeds"]),
         steps=steps,
-        test_size=int(raw.get("test_size", 40)),
-        pool_size=int(raw.get("pool_size", 64)),
-        pool_seed=int(raw.get("pool_seed", 1)),
-        select=dict(raw.get("select") or {}),
-        measure=dict(raw.get("measure") or {}),
+        test_size=int(raw["test_size"]),
+        pool_size=int(raw["pool_size"]),
+        pool_seed=int(raw["pool_seed"]),
+        select=dict(raw["select"] or {}),
+        measure=dict(raw["measure"] or {}),
         arms=arms,
-        train_args=[str(a) for a in raw.get("train_args") or []],
+        train_args=[str(a) for a in raw["train_args"] or []],
     )
 
 
@@ -300,15 +435,23 @@ def arm_identities(study: Study) -> dict[str, str]:
 
 
 class Measurements:
-    """``measurements.jsonl``: one line per (arm, seed, step), appended as each finishes, stamped with its arm's
-    fingerprint (:func:`arm_identities`); a record of other settings is never read back as this study's."""
+    """The study's measurements, one JSON line per (arm, seed, step), appended as each finishes and stamped with its
+    arm's fingerprint (:func:`arm_identities`); a record of other settings is never read back as this study's.
 
-    def __init__(self, path: Path, keys: dict[str, str]) -> None:
+    The preparation (base model, decoding arms) appends to ``measurements.jsonl``; each training job (arm, seed) to
+    ``jobs/<arm>-seed<N>.jsonl``, so no two processes ever write one file. ``writes`` is the file this process owns;
+    only that one is repaired when its last line was cut off by a kill.
+    """
+
+    def __init__(self, path: Path, keys: dict[str, str], writes: Path | None = None) -> None:
         from ..evaluation.records import RecordFile
 
-        self.file = RecordFile(path)
+        self.file = RecordFile(writes or path)
         self.keys = keys
-        records = self.file.read()
+        sources = [path, *sorted((path.parent / "jobs").glob("*.jsonl"))]
+        records = []
+        for source in dict.fromkeys([*sources, self.file.path]):
+            records += RecordFile(source).read(repair=source == self.file.path)
         self.done = {(r["arm"], r["seed"], r["step"]): r for r in records if r.get("identity") == keys.get(r["arm"])}
         self.stale = len(records) - len(self.done)
 
@@ -337,11 +480,11 @@ def _measure_once(
     return record
 
 
-def _train_extra(study: Study, dataset: Path) -> list[str]:
-    """The options every training run of the study gets on top of its arm's config."""
+def _train_extra(study: Study, dataset: Path, arm: dict[str, Any]) -> list[str]:
+    """The options every training run of the study gets on top of its arm's config (then the arm's own)."""
     saved = ",".join(str(step) for step in study.steps if step > 0)
     extra = ["--dataset", str(dataset), "--max_steps", str(study.max_step), "--save_steps", "100000"]
-    return [*extra, "--save_at_steps", saved, "--report_to", "none", *study.train_args]
+    return [*extra, "--save_at_steps", saved, "--report_to", "none", *study.train_args, *arm.get("train_args", [])]
 
 
 def check_training_arms(study: Study, dataset: Path) -> None:
@@ -350,13 +493,17 @@ def check_training_arms(study: Study, dataset: Path) -> None:
     for name, arm in study.training_arms.items():
         directory = study.output_dir / "runs" / name / "seed-0"
         try:
-            check_run(Run((), 0), arm["config"], directory, _train_extra(study, dataset), save_steps=None)
+            check_run(Run((), 0), arm["config"], directory, _train_extra(study, dataset, arm), save_steps=None)
         except SweepError as error:
             raise StudyError(f"arms.{name} ({arm['config']}): {error}") from None
 
 
+def job_name(arm: str, seed: int) -> str:
+    return f"{arm}-seed{seed}"
+
+
 def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path, measurements: Measurements,
-                     log: Any, seed: int) -> None:  # fmt: skip
+                     log: Any, seed: int, launcher: str | None = None) -> None:  # fmt: skip
     """Train one seed of an arm (``em-trainer train`` via the sweep's runner), measure its checkpoints, drop them."""
     saved = [step for step in study.steps if step > 0]
     directory = study.output_dir / "runs" / name / f"seed-{seed}"
@@ -370,7 +517,7 @@ def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path
     if not marker.exists():
         directory.mkdir(parents=True, exist_ok=True)
         log(f"[study] training {name} seed {seed} ({study.max_step} steps)", flush=True)
-        train_run(Run((), seed), arm["config"], directory, _train_extra(study, dataset), save_steps=None)
+        train_run(Run((), seed), arm["config"], directory, _train_extra(study, dataset, arm), None, launcher)
         marker.write_text(key + "\n")
     for step in saved:
         checkpoint = str(directory / f"checkpoint-{step}")
@@ -379,10 +526,140 @@ def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path
         shutil.rmtree(checkpoint)  # measured; 0.5 GB of weights each (the newest also keeps 1.1 GB of optimizer state)
 
 
+def _wall_files(study: Study) -> list[Path]:
+    return [study.output_dir / "wall_seconds.json", *sorted((study.output_dir / "jobs").glob("*.wall.json"))]
+
+
 def _read_wall(study: Study) -> dict[str, float]:
-    """``wall_seconds.json``: seconds per part of the study, summed over reruns and parallel processes."""
-    wall_file = study.output_dir / "wall_seconds.json"
-    return json.loads(wall_file.read_text()) if wall_file.exists() else {}
+    """Seconds per part of the study, summed over reruns and jobs: the preparation's ``wall_seconds.json`` and one
+    ``jobs/<arm>-seed<N>.wall.json`` per training job (each written by one process only)."""
+    wall: dict[str, float] = {}
+    for path in _wall_files(study):
+        if path.is_file():
+            for part, seconds in json.loads(path.read_text(encoding="utf-8")).items():
+                wall[part] = wall.get(part, 0.0) + seconds
+    return wall
+
+
+def _add_wall(path: Path, part: str, started: float) -> None:
+    wall = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    wall[part] = wall.get(part, 0.0) + time.time() - started
+    atomic_write_json(path, wall)
+
+
+@contextmanager
+def _preparation_lock(study: Study):
+    """One preparation at a time: a second process (``--only_seed`` by hand, or two submissions) waits, then finds
+    the pool, the selected prompt and the base measurements done instead of computing them again."""
+    import fcntl
+
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    with (study.output_dir / ".prepare.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_study(study: Study, log: Any = print) -> Path:
+    """The shared part, once: pool, ``select``, the base model's and the decoding arms' measurements, each training
+    arm's step 0 (the base sampled with its seed). Returns the training dataset."""
+    with _preparation_lock(study):
+        measurements = Measurements(study.output_dir / "measurements.jsonl", arm_identities(study))
+        if measurements.stale:
+            log(f"[study] {measurements.stale} stored measurement(s) come from other settings (model, config, "
+                "measurement settings): not reused")  # fmt: skip
+        wall_file = study.output_dir / "wall_seconds.json"
+        started = time.time()
+        pool = build_pool(study)
+        check_training_arms(study, pool)  # the pool has the selected prompt's columns; select takes minutes
+        dataset = select_prompt(study, pool)
+        _add_wall(wall_file, "data_and_select", started)
+
+        # Step 0 of every training arm is the base model sampled with that seed: measured once, shared.
+        started = time.time()
+        base = {
+            seed: _measure_once(
+                study, measurements, "base", seed, 0, study.model, log, greedy_label="base", curve=study.curve_at(0)
+            )
+            for seed in range(study.seeds)
+        }
+        _add_wall(wall_file, "base", started)
+        for name, arm in study.arms.items():
+            if arm["kind"] == "decode" and arm.get("decoding", "plain") != "plain":
+                started = time.time()
+                for seed in range(study.seeds):
+                    _measure_once(
+                        study, measurements, name, seed, 0, study.model, log,
+                        decoding=arm["decoding"], arm=arm, greedy_label=name,
+                    )  # fmt: skip
+                _add_wall(wall_file, name, started)
+        for name in study.training_arms:
+            for seed in range(study.seeds):
+                if measurements.get(name, seed, 0) is None:
+                    measurements.add({**base[seed], "arm": name, "seed": seed, "step": 0, "seconds": 0.0})
+    return dataset
+
+
+def plan_file(study: Study) -> Path:
+    return study.output_dir / "plan.json"
+
+
+def run_job(study: Study, name: str, seed: int, dataset: Path, log: Any = print, launcher: str | None = None) -> None:
+    """One training job: train ``name`` with ``seed``, measure its steps; writes only ``jobs/<name>-seed<N>.*`` and
+    ``runs/<name>/seed-<N>/``. Killed, it resumes from its last checkpoint and its last finished measurement."""
+    if name not in study.training_arms:
+        raise StudyError(f"job {name}:{seed}: the study's training arms are {', '.join(study.training_arms)}.")
+    if not 0 <= seed < study.seeds:
+        raise StudyError(f"job {name}:{seed}: the study has seeds 0 to {study.seeds - 1}.")
+    jobs = study.output_dir / "jobs"
+    measurements = Measurements(
+        study.output_dir / "measurements.jsonl", arm_identities(study), writes=jobs / f"{job_name(name, seed)}.jsonl"
+    )
+    started = time.time()
+    run_training_arm(study, name, study.training_arms[name], dataset, measurements, log, seed, launcher)
+    _add_wall(jobs / f"{job_name(name, seed)}.wall.json", name, started)
+
+
+def study_jobs(study: Study, only_seed: int | None = None, only_arm: str | None = None) -> list[tuple[str, int]]:
+    """(arm, seed) of every training job, seed by seed across the arms (a study stopped early has every arm over the
+    same seeds)."""
+    if only_seed is not None and not 0 <= only_seed < study.seeds:
+        raise StudyError(f"--only_seed {only_seed}: the study has seeds 0 to {study.seeds - 1}.")
+    if only_arm is not None and only_arm not in study.training_arms:
+        raise StudyError(f"--only_arm {only_arm}: the study's training arms are {', '.join(study.training_arms)}.")
+    seeds = range(study.seeds) if only_seed is None else [only_seed]
+    return [(name, seed) for seed in seeds for name in study.training_arms if only_arm in (None, name)]
+
+
+def write_plan(study: Study) -> Path:
+    """``plan.json``: the resolved study, which the executors' jobs read instead of the YAML and the flags."""
+    return atomic_write_json(plan_file(study), study.to_plan())
+
+
+def preparation_job(study: Study) -> Any:
+    """The preparation as a job of its own (``em-trainer study --plan <plan.json> --prepare``): on SLURM it runs on
+    a compute node, not on the node the study was started from."""
+    from .executors import Job
+
+    return Job("prepare", ("study", "--plan", str(plan_file(study)), "--prepare"))
+
+
+def executor_jobs(study: Study, pairs: list[tuple[str, int]], launcher: str | None = None) -> list[Any]:
+    """The executor's command lines: ``em-trainer study --plan <plan.json> --job <arm>:<seed>``."""
+    from .executors import Job
+
+    extra = ["--launcher", launcher] if launcher else []
+    return [
+        Job(job_name(name, seed), ("study", "--plan", str(plan_file(study)), "--job", f"{name}:{seed}", *extra))
+        for name, seed in pairs
+    ]
+
+
+def is_submitted(executor: Any) -> bool:
+    """Whether the executor runs jobs elsewhere (submitit), so the preparation is a job too."""
+    return executor is not None and executor.executor in ("slurm", "submitit_local")
 
 
 def run_study(
@@ -391,73 +668,44 @@ def run_study(
     only_seed: int | None = None,
     only_arm: str | None = None,
     report_only: bool = False,
+    executor: Any = None,
+    launcher: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the whole study and write its results JSON; returns that JSON's content.
 
-    ``only_seed``: train and measure the training arms for that seed alone, so that a second process can work
-    on another seed at the same time (measurements are appended line by line; a final plain run gathers them all).
-    ``only_arm``: the same for one training arm, so that processes can split one seed's arms between them.
-    ``report_only``: run nothing; write the results JSON from the measurements taken so far (an unfinished study's
-    JSON shows, per arm and step, how many seeds it holds).
+    Prepare once (:func:`prepare_study`), run the training jobs (arm x seed) with ``executor`` (an
+    :class:`~em_trainer.workflows.executors.ExecutorArguments`; None runs them here, one after another), gather.
+    ``only_seed`` / ``only_arm``: run only those jobs (a later plain run gathers every seed). ``report_only``: run
+    nothing; write the results JSON from the measurements taken so far (an unfinished study's JSON shows, per arm
+    and step, how many seeds it holds).
     """
-    study.output_dir.mkdir(parents=True, exist_ok=True)
-    measurements = Measurements(study.output_dir / "measurements.jsonl", arm_identities(study))
-    if measurements.stale:
-        log(f"[study] {measurements.stale} stored measurement(s) come from other settings (model, config, "
-            "measurement settings): not reused")  # fmt: skip
-    wall_file = study.output_dir / "wall_seconds.json"
-
-    def timed(part: str, started: float) -> None:
-        # Summed over reruns (and over processes working on different seeds), so the time is the time spent in all.
-        wall = _read_wall(study)
-        wall[part] = wall.get(part, 0.0) + time.time() - started
-        atomic_write_json(wall_file, wall)
+    from .executors import run_jobs
 
     if report_only:
         return write_results(study, selected_file(study))
-    started = time.time()
-    pool = build_pool(study)
-    check_training_arms(study, pool)  # the pool has the selected prompt's columns; select takes minutes
-    dataset = select_prompt(study, pool)
-    timed("data_and_select", started)
-
-    # Step 0 of every training arm is the base model sampled with that seed: measured once, shared.
-    started = time.time()
-    base = {
-        seed: _measure_once(
-            study, measurements, "base", seed, 0, study.model, log, greedy_label="base", curve=study.curve_at(0)
-        )
-        for seed in range(study.seeds)
-    }
-    timed("base", started)
-    for name, arm in study.arms.items():
-        if arm["kind"] == "decode" and arm.get("decoding", "plain") != "plain":
-            started = time.time()
-            for seed in range(study.seeds):
-                _measure_once(
-                    study, measurements, name, seed, 0, study.model, log,
-                    decoding=arm["decoding"], arm=arm, greedy_label=name,
-                )  # fmt: skip
-            timed(name, started)
-    training = study.training_arms
-    for name in training:
-        for seed in range(study.seeds):
-            if measurements.get(name, seed, 0) is None:
-                measurements.add({**base[seed], "arm": name, "seed": seed, "step": 0, "seconds": 0.0})
-    # Seed by seed across the arms, so a study stopped early has every arm over the same seeds.
-    for seed in range(study.seeds) if only_seed is None else [only_seed]:
-        for name, arm in training.items():
-            if only_arm is not None and name != only_arm:
-                continue
-            started = time.time()
-            run_training_arm(study, name, arm, dataset, measurements, log, seed=seed)
-            timed(name, started)
-
+    requested = study_jobs(study, only_seed, only_arm)
+    write_plan(study)
+    logs = study.output_dir / "job_logs"
+    if is_submitted(executor):
+        run_jobs([preparation_job(study)], executor, logs, log)
+        dataset = selected_file(study)
+    else:
+        dataset = prepare_study(study, log)
+    measured = Measurements(study.output_dir / "measurements.jsonl", arm_identities(study))
+    saved = [step for step in study.steps if step > 0]
+    pairs = [(arm, seed) for arm, seed in requested if not all(measured.get(arm, seed, step) for step in saved)]
+    if len(pairs) < len(requested):
+        log(f"[study] {len(requested) - len(pairs)} of {len(requested)} training job(s) done, kept", flush=True)
+    if executor is None or executor.executor == "serial":
+        for name, seed in pairs:
+            run_job(study, name, seed, dataset, log, launcher)
+    else:
+        run_jobs(executor_jobs(study, pairs, launcher), executor, logs, log)
     return write_results(study, dataset)
 
 
 def write_results(study: Study, dataset: Path) -> dict[str, Any]:
-    """The results JSON from ``measurements.jsonl`` (every process's) and ``wall_seconds.json``."""
+    """The results JSON from every measurement file (the preparation's and each job's) and the wall-time files."""
     if not dataset.is_file():
         raise StudyError(f"{dataset} does not exist: run the study (without --report) first.")
     selected = json.loads(dataset.read_text(encoding="utf-8").splitlines()[0])

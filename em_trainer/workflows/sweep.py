@@ -182,7 +182,38 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
     return out
 
 
-def run_sweep(
+@dataclass
+class SweepPlan:
+    """Everything a sweep's job needs (``plan.json`` in the sweep's folder), so a job never re-parses flags."""
+
+    config: str
+    root: str
+    runs: list[tuple[tuple[tuple[str, str], ...], int]]
+    fingerprints: dict[str, str]  # point tag -> run fingerprint
+    evaluation: dict[str, Any]
+    extra_train_args: list[str]
+    save_steps: int | None
+    launcher: str | None
+    grid: dict[str, list[str]]
+    seeds: int
+
+    def run(self, index: int) -> Run:
+        point, seed = self.runs[index]
+        return Run(tuple((k, v) for k, v in point), seed)
+
+    def directory(self, index: int) -> Path:
+        run = self.run(index)
+        return run.directory(Path(self.root), self.fingerprints[run.point_tag])
+
+    def save(self) -> Path:
+        return atomic_write_json(Path(self.root) / "plan.json", self.__dict__)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SweepPlan:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def plan_sweep(
     config: str,
     output_dir: str | os.PathLike,
     seeds: int,
@@ -194,67 +225,128 @@ def run_sweep(
     extra_train_args: list[str] | None = None,
     first_seed: int = 0,
     launcher: str | None = None,
-) -> dict[str, Any]:
+) -> SweepPlan:
+    """Check every grid point (``train --check``, which also gives its fingerprint) before any run trains."""
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(grid, seeds, first_seed)
     save = save_steps if eval_checkpoints else None
-    # Every grid point checked, and its fingerprint taken, before the first run trains (seeds differ only in the
-    # seed, which names the run's folder).
+    extra = list(extra_train_args or [])
+    # Seeds differ only in the seed, which names the run's folder: one check per grid point.
     fingerprints = {
-        run.point: check_run(run, config, root / ".check", list(extra_train_args or []), save)
+        run.point_tag: check_run(run, config, root / ".check", extra, save)
         for run in {run.point: run for run in runs}.values()
     }
     evaluation = {"benchmarks": benchmarks, "settings": eval_settings, "checkpoints": eval_checkpoints}
-    records = []
-    for number, run in enumerate(runs, start=1):
-        directory = run.directory(root, fingerprints[run.point])
-        marker = directory / RUN_MARKER
-        if marker.is_file():
-            record = json.loads(marker.read_text())
-            if record.get("evaluation") == evaluation:
-                print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: done, kept", flush=True)
-                records.append(record)
-                continue
-            print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: trained, evaluation settings "
-                  "changed: evaluating again", flush=True)  # fmt: skip
-            marker.unlink()
-        elif (legacy := run.directory(root) / RUN_MARKER).is_file():
-            print(f"[sweep] {run.point_tag} seed {run.seed}: not reusing {legacy.parent} (written before runs "
-                  "recorded their config's fingerprint)", flush=True)  # fmt: skip
-        print(f"[sweep] {number}/{len(runs)} {run.point_tag} seed {run.seed}: training", flush=True)
-        directory.mkdir(parents=True, exist_ok=True)
-        train_run(run, config, directory, list(extra_train_args or []), save, launcher)
-        losses = loss_by_step(directory)
-        record: dict[str, Any] = {
-            "fingerprint": fingerprints[run.point],
-            "evaluation": evaluation,
-            "point": run.point_tag,
-            "fields": dict(run.point),
-            "seed": run.seed,
-            "loss_by_step": losses,
-            "final_loss": losses[max(losses)] if losses else None,
-            "scores": {},
-            "scores_by_step": {},
-        }
-        if benchmarks:
-            record["scores"] = evaluate_model(directory, benchmarks, directory / "eval", eval_settings)
-            if eval_checkpoints:
-                for checkpoint in sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
-                    step = int(checkpoint.name.split("-")[1])
-                    record["scores_by_step"][step] = evaluate_model(
-                        checkpoint, benchmarks, directory / "eval" / checkpoint.name, eval_settings
-                    )
-        atomic_write_json(marker, record)
-        records.append(record)
+    return SweepPlan(
+        config=config, root=str(root), runs=[(run.point, run.seed) for run in runs], fingerprints=fingerprints,
+        evaluation=evaluation, extra_train_args=extra, save_steps=save, launcher=launcher, grid=grid, seeds=seeds,
+    )  # fmt: skip
 
-    summary = {"runs": records, "aggregate": aggregate(records), "grid": grid, "seeds": seeds}
+
+def _finished(plan: SweepPlan, index: int) -> dict[str, Any] | None:
+    """A run's record when it is trained and evaluated with the plan's evaluation settings."""
+    marker = plan.directory(index) / RUN_MARKER
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        if record.get("evaluation") == json.loads(json.dumps(plan.evaluation)):
+            return record
+    return None
+
+
+def run_sweep_job(plan: SweepPlan, index: int, log: Any = print) -> dict[str, Any]:
+    """Train and evaluate one run (grid point, seed) in its own folder; its ``.run_complete`` marker is the record.
+    Writes nothing outside that folder, so jobs run side by side and a killed one resumes from its checkpoint."""
+    run, directory = plan.run(index), plan.directory(index)
+    number = f"{index + 1}/{len(plan.runs)}"
+    record = _finished(plan, index)
+    if record is not None:
+        log(f"[sweep] {number} {run.point_tag} seed {run.seed}: done, kept", flush=True)
+        return record
+    marker = directory / RUN_MARKER
+    if marker.is_file():
+        log(f"[sweep] {number} {run.point_tag} seed {run.seed}: trained, evaluation settings changed: evaluating "
+            "again", flush=True)  # fmt: skip
+        marker.unlink()
+    elif (legacy := run.directory(Path(plan.root)) / RUN_MARKER).is_file():
+        log(f"[sweep] {run.point_tag} seed {run.seed}: not reusing {legacy.parent} (written before runs recorded "
+            "their config's fingerprint)", flush=True)  # fmt: skip
+    log(f"[sweep] {number} {run.point_tag} seed {run.seed}: training", flush=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    train_run(run, plan.config, directory, plan.extra_train_args, plan.save_steps, plan.launcher)
+    losses = loss_by_step(directory)
+    benchmarks, settings = plan.evaluation["benchmarks"], plan.evaluation["settings"]
+    record = {
+        "fingerprint": plan.fingerprints[run.point_tag],
+        "evaluation": plan.evaluation,
+        "point": run.point_tag,
+        "fields": dict(run.point),
+        "seed": run.seed,
+        "loss_by_step": losses,
+        "final_loss": losses[max(losses)] if losses else None,
+        "scores": {},
+        "scores_by_step": {},
+    }
+    if benchmarks:
+        record["scores"] = evaluate_model(directory, benchmarks, directory / "eval", settings)
+        if plan.evaluation["checkpoints"]:
+            for checkpoint in sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+                step = int(checkpoint.name.split("-")[1])
+                record["scores_by_step"][step] = evaluate_model(
+                    checkpoint, benchmarks, directory / "eval" / checkpoint.name, settings
+                )
+    atomic_write_json(marker, record)
+    return json.loads(marker.read_text())
+
+
+def sweep_jobs(plan: SweepPlan) -> list[Any]:
+    """The executor's command lines: ``em-trainer sweep --plan <plan.json> --job <index>``, one per unfinished run."""
+    from .executors import Job
+
+    path = str(Path(plan.root) / "plan.json")
+    return [
+        Job(f"{plan.run(i).point_tag}-seed{plan.run(i).seed}", ("sweep", "--plan", path, "--job", str(i)))
+        for i in range(len(plan.runs))
+    ]
+
+
+def run_sweep(*args: Any, executor: Any = None, log: Any = print, **kwargs: Any) -> dict[str, Any]:
+    """Plan (:func:`plan_sweep`'s arguments), run every run with ``executor`` (an
+    :class:`~em_trainer.workflows.executors.ExecutorArguments`; None: here, one after another), gather."""
+    from .executors import run_jobs
+
+    plan = plan_sweep(*args, **kwargs)
+    plan.save()
+    if executor is None or executor.executor == "serial":
+        for index in range(len(plan.runs)):
+            run_sweep_job(plan, index, log)
+    else:
+        pending = [job for i, job in enumerate(sweep_jobs(plan)) if _finished(plan, i) is None]
+        kept = len(plan.runs) - len(pending)
+        if kept:
+            log(f"[sweep] {kept} of {len(plan.runs)} run(s) done, kept", flush=True)
+        run_jobs(pending, executor, Path(plan.root) / "job_logs", log)
+    return gather_sweep(plan)
+
+
+def gather_sweep(plan: SweepPlan) -> dict[str, Any]:
+    """The summary (JSON, Markdown table, plots) from every run's marker, in the plan's order."""
+    root = Path(plan.root)
+    records = []
+    for index in range(len(plan.runs)):
+        record = _finished(plan, index)
+        if record is None:
+            run = plan.run(index)
+            raise SweepError(f"run {run.point_tag} seed {run.seed} has no result in {plan.directory(index)}.")
+        records.append(record)
+    benchmarks = plan.evaluation["benchmarks"]
+    summary = {"runs": records, "aggregate": aggregate(records), "grid": plan.grid, "seeds": plan.seeds}
     atomic_write_json(root / "sweep_summary.json", summary)
     atomic_write_text(root / "sweep_summary.md", summary_table(summary["aggregate"]))
     plots = []
     if any(r["scores_by_step"] for r in records):
         plots.append(plot_over_steps(records, root / "loss_and_score_vs_step.png"))
-    for field in grid:
+    for field in plan.grid:
         if benchmarks:
             plots.append(plot_over_field(records, field, root / f"score_vs_{field}.png"))
     summary["plots"] = [str(p) for p in plots]

@@ -1,0 +1,112 @@
+"""One config dialect: every verb and the recipe read a YAML `--config` whose keys are their flags (TrlParser), flags
+win over the file, a value in the file meets the flag's domain, and the old dashed spellings still work with one
+deprecation line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from em_trainer.cli import VERBS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("verb", [v for v in VERBS if v not in ("sweep",)])
+def test_every_verb_parses_with_trl_parser(verb):
+    """`sweep` keeps `--config` for the train YAML its runs start from (docs/scale.md)."""
+    import importlib
+
+    from trl import TrlParser
+
+    assert isinstance(importlib.import_module(f"em_trainer.cli.{verb}").build_parser(), TrlParser)
+
+
+def test_eval_reads_its_options_from_a_yaml_and_flags_win(tiny_model_dir, tmp_path, capsys):
+    config = tmp_path / "eval.yaml"
+    out = tmp_path / "eval"
+    config.write_text(yaml.safe_dump({"model": [tiny_model_dir], "benchmarks": "arithmetic", "limit": 3,
+                                      "max_new_tokens": 4, "output_dir": str(out)}))  # fmt: skip
+    assert main(["eval", "--config", str(config), "--limit", "2"]) == 0
+    assert "arithmetic T=0: 2/2 problems" in capsys.readouterr().out, "the flag (2) wins over the file (3)"
+    assert "arithmetic" in json.dumps(json.loads((out / "summary.json").read_text()))
+
+
+def test_the_shipped_eval_configs_parse():
+    from em_trainer.cli.common import parse_verb_args
+    from em_trainer.cli.eval import build_parser
+
+    for path in [
+        ROOT / "recipes/configs/eval/paper_table.yaml",
+        ROOT / "recipes/configs/smollm2-135m-cpu/eval_arithmetic.yaml",
+    ]:
+        args = parse_verb_args(build_parser(), ["--config", str(path)])
+        assert args.benchmarks and args.model and args.max_new_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ({"benchmarks": "arithmetic", "limit": -1}, "--config key limit: -1: must be >= 1"),
+        ({"benchmarks": "arithmetic", "colour": "red"}, "['colour'] that are not options of em-trainer eval"),
+        ({"benchmarks": "arithmetic", "temperature": "hot"}, "--config key temperature: 'hot' is not a number"),
+    ],
+)
+def test_a_bad_value_in_a_verb_yaml_is_refused_in_one_line(content, needle, tmp_path, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump(content))
+    assert main(["eval", "--config", str(config)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and needle in errors[0], errors
+
+
+def test_dashed_spelling_still_works_with_one_deprecation_line(capsys):
+    from em_trainer.cli.common import parse_verb_args
+    from em_trainer.cli.eval import build_parser
+
+    args = parse_verb_args(build_parser(), ["--benchmarks", "arithmetic", "--max-new-tokens", "7"])
+    assert args.max_new_tokens == 7
+    err = capsys.readouterr().err
+    assert err.count("deprecated: --max-new-tokens is now --max_new_tokens") == 1
+
+
+# ------------------------------------------------------------------------------------------------ the recipe, typed
+def test_recipe_sections_are_typed_once_and_the_order_is_a_table(tmp_path):
+    from trl import GRPOConfig
+
+    from em_trainer.core.config import EMConfig
+    from em_trainer.workflows.em_then_grpo import ORDERS, PhaseData, load_config
+
+    path = ROOT / "recipes/configs/smollm2-135m-cpu/em_then_grpo.yaml"
+    recipe = load_config(path, ["grpo.max_steps=3"], argv=["--output_dir", str(tmp_path / "r")])
+    assert recipe.order == ORDERS["em_then_grpo"] == ("em", "grpo")
+    assert isinstance(recipe.phases["em"].args, EMConfig) and isinstance(recipe.phases["grpo"].args, GRPOConfig)
+    assert isinstance(recipe.phases["grpo"].data, PhaseData) and recipe.phases["grpo"].args.max_steps == 3
+    assert recipe.phases["em"].directory == tmp_path / "r" / "em"
+    flipped = load_config(path, argv=["--order", "grpo_then_em", "--output_dir", str(tmp_path / "f")])
+    assert flipped.order == ("grpo", "em")
+    alone = load_config(path, argv=["--order", "grpo", "--output_dir", str(tmp_path / "g")])
+    assert list(alone.phases) == ["grpo"]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--set", "em.learnin_rate=1"], "em.learnin_rate: not a field of EMConfig"),
+        (["--set", "grpo.reward=vibes"], "grpo.reward: 'vibes'; use one of"),
+        (["--order", "sideways"], "order: 'sideways'"),
+        (["--set", "colour.x=1"], "'colour' is not a key"),
+    ],
+)
+def test_recipe_refuses_bad_flags_and_sections_in_one_line(argv, needle, capsys, tmp_path):
+    import runpy
+
+    recipe = runpy.run_path(str(ROOT / "recipes" / "em_then_grpo.py"))
+    config = str(ROOT / "recipes/configs/smollm2-135m-cpu/em_then_grpo.yaml")
+    assert recipe["main"](["--config", config, "--output_dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    ours = [line for line in err if line.startswith("em_then_grpo: error")]
+    assert len(ours) == 1 and needle in ours[0], err
