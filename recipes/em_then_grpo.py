@@ -14,7 +14,13 @@ import sys
 
 from em_trainer.cli.common import USER_ERRORS
 from em_trainer.data.paths import config_file_from_argv
-from em_trainer.workflows.em_then_grpo import PipelineConfigError, load_config, recipe_parser, run_em_then_grpo
+from em_trainer.workflows.em_then_grpo import (
+    PipelineConfigError,
+    load_config,
+    recipe_parser,
+    run_em_then_grpo,
+    split_set,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         config = config_file_from_argv(argv)
         if config is None:
             raise PipelineConfigError("--config is required: a YAML with model, output_dir, em: {...}, grpo: {...}.")
-        rest = [a for i, a in enumerate(argv) if a != "--config" and (i == 0 or argv[i - 1] != "--config")]
-        run_em_then_grpo(load_config(config, argv=[a for a in rest if not a.startswith("--config=")]))
+        flags, overrides = split_set(argv)
+        flags = [a for i, a in enumerate(flags) if a != "--config" and (i == 0 or flags[i - 1] != "--config")]
+        flags = [a for a in flags if not a.startswith("--config=")]
+        run_em_then_grpo(load_config(config, overrides, argv=flags))
     except USER_ERRORS as error:  # a bad input: one line naming it, never a traceback
         print(f"em_then_grpo: error: {error}", file=sys.stderr)
         return 2

@@ -110,3 +110,14 @@ def test_recipe_refuses_bad_flags_and_sections_in_one_line(argv, needle, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     ours = [line for line in err if line.startswith("em_then_grpo: error")]
     assert len(ours) == 1 and needle in ours[0], err
+
+
+def test_repeated_set_flags_each_apply_in_both_spellings():
+    from em_trainer.workflows.em_then_grpo import load_config, split_set
+
+    argv = ["--set=em.max_steps=4", "--order", "grpo_then_em", "--set", "grpo.max_steps=5", "--set=em.seed=3"]
+    flags, overrides = split_set(argv)
+    assert flags == ["--order", "grpo_then_em"] and overrides == ["em.max_steps=4", "grpo.max_steps=5", "em.seed=3"]
+    recipe = load_config(ROOT / "recipes/configs/smollm2-135m-cpu/em_then_grpo.yaml", overrides, argv=flags)
+    assert (recipe.phases["em"].args.max_steps, recipe.phases["em"].args.seed) == (4, 3)
+    assert recipe.phases["grpo"].args.max_steps == 5 and recipe.order == ("grpo", "em")

@@ -70,7 +70,8 @@ class RecipeArguments:
             (EM from the GRPO weights) or ``grpo`` (no EM phase), for the EM paper's ordering finding.
         em (`dict`, defaults to `{}`): the EM phase: :class:`PhaseData` keys and :class:`EMConfig` fields.
         grpo (`dict`, defaults to `{}`): the GRPO phase: :class:`PhaseData` keys and TRL ``GRPOConfig`` fields.
-        set (`list[str]`, defaults to `[]`): ``section.key=value`` overrides of the sections (values read as YAML).
+
+    ``--set section.key=value`` (repeatable; values read as YAML) changes a key of a section: see :func:`split_set`.
     """
 
     model: str | None = None
@@ -82,7 +83,6 @@ class RecipeArguments:
     order: str = "em_then_grpo"
     em: dict = field(default_factory=dict)
     grpo: dict = field(default_factory=dict)
-    set: list[str] = field(default_factory=list, metadata={"help": "section.key=value, e.g. grpo.max_steps=5"})
 
 
 @dataclass
@@ -137,7 +137,26 @@ ORDERS: dict[str, tuple[str, ...]] = {
     "grpo_then_em": ("grpo", "em"),
     "grpo": ("grpo",),
 }
-TOP_KEYS = tuple(f.name for f in fields(RecipeArguments) if f.name != "set")
+TOP_KEYS = tuple(f.name for f in fields(RecipeArguments))
+
+
+def split_set(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` without its ``--set KEY=VALUE`` / ``--set=KEY=VALUE`` flags, and their values in order (each one
+    applies; the TrlParser flags of :class:`RecipeArguments` are the rest)."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--set":
+            if i + 1 >= len(argv):
+                raise PipelineConfigError("--set needs a value: section.key=value, e.g. grpo.max_steps=5.")
+            overrides.append(argv[i + 1])
+            i += 2
+            continue
+        if argv[i].startswith("--set="):
+            overrides.append(argv[i][len("--set=") :])
+        else:
+            rest.append(argv[i])
+        i += 1
+    return rest, overrides
 
 
 def recipe_parser() -> Any:
@@ -168,7 +187,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None, arg
     except (ValueError, TypeError) as error:
         raise PipelineConfigError(str(error)) from None
     args.em, args.grpo = copy.deepcopy(args.em or {}), copy.deepcopy(args.grpo or {})
-    for item in [*args.set, *(overrides or [])]:
+    for item in overrides or []:
         if "=" not in item:
             raise PipelineConfigError(f"Override '{item}' must look like key=value or section.key=value.")
         key, value = item.split("=", 1)
