@@ -101,7 +101,10 @@ CASES = {
         case("select", "--model", "{tiny}", "--pool", "{dir}/noanswer.jsonl", "--output", "{dir}/s.jsonl"),
         "No usable row",
     ),
-    "sweep: grid without values": (case("sweep", "--config", "{dir}/tiny.yaml", "--grid", "temperature"), "field=v1"),
+    "sweep: grid without values": (
+        case("sweep", "--train_config", "{dir}/tiny.yaml", "--grid", "temperature"),
+        "field=v1",
+    ),
     "sweep: study with an unknown key": (case("sweep", "--config", "{dir}/study_key.yaml"), "unknown key"),
     "sweep: study arm of an unknown kind": (case("sweep", "--config", "{dir}/study_kind.yaml"), "arms.x.kind"),
     "sweep: study arm whose train config is missing": (
@@ -111,7 +114,7 @@ CASES = {
     "sweep: grid value that train rejects (checked before the first run)": (
         case(
             "sweep",
-            "--config",
+            "--train_config",
             "{dir}/tiny.yaml",
             "--grid",
             "temperature=0.5,0",

@@ -15,9 +15,8 @@ from em_trainer.cli import VERBS, main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("verb", [v for v in VERBS if v not in ("sweep",)])
+@pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_parses_with_trl_parser(verb):
-    """`sweep` keeps `--config` for the train YAML its runs start from (docs/scale.md)."""
     import importlib
 
     from trl import TrlParser
@@ -121,3 +120,28 @@ def test_repeated_set_flags_each_apply_in_both_spellings():
     recipe = load_config(ROOT / "recipes/configs/smollm2-135m-cpu/em_then_grpo.yaml", overrides, argv=flags)
     assert (recipe.phases["em"].args.max_steps, recipe.phases["em"].args.seed) == (4, 3)
     assert recipe.phases["grpo"].args.max_steps == 5 and recipe.order == ("grpo", "em")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_prints_its_help(verb, capsys):
+    assert main([verb, "--help"]) == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_sweep_reads_a_yaml_of_its_own_options_and_the_old_train_yaml_spelling_still_works(tmp_path, capsys):
+    """`--config` is the sweep's own YAML (with `train_config`, beside it); a train YAML given as `--config`, the old
+    spelling, runs as `--train_config` with one deprecation line. Both stop at the same refusal here (a bad grid)."""
+    train = tmp_path / "train.yaml"
+    train.write_text("max_steps: 1\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"train_config": "train.yaml", "seeds": 2, "grid": ["temperature"]}))
+    assert main(["sweep", "--config", str(sweep), "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert "field=v1" in err and "deprecated" not in err
+    assert main(["sweep", "--config", str(train), "--grid", "temperature", "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("deprecated: `em-trainer sweep --config <train YAML>` is now `--train_config") == 1
+    assert "field=v1" in err
+    sweep.write_text(yaml.safe_dump({"train_config": "train.yaml", "seeds": 0}))
+    assert main(["sweep", "--config", str(sweep)]) == 2
+    assert "--config key seeds: 0: must be >= 1" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def test_executor_settings_that_cannot_work_are_refused(kwargs, message):
 def test_sweep_and_study_refuse_bad_executor_flags_in_one_line(tmp_path, capsys):
     config = tmp_path / "train.yaml"
     config.write_text("max_steps: 1\n")
-    assert main(["sweep", "--config", str(config), "--slurm_partition", "gpu"]) == 2
+    assert main(["sweep", "--train_config", str(config), "--slurm_partition", "gpu"]) == 2
     assert main(["study", "--config", str(PAPER_PLAN), "--executor", "local", "--dry_run"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 2 and all("would have no effect with --executor local" in e for e in errors), errors
@@ -139,8 +139,9 @@ def test_study_through_submitit_local_executor_equals_the_serial_run(tiny_study,
     result = run_study(tiny_study, out, "--executor", "submitit_local", "--max_parallel", "2")
     assert records(out) == records(serial_study) and len(records(out)) == 2 * (1 + 2 * 2)
     assert result.stdout.count("[jobs] submitted") == 1 + 4, "the preparation, then one job per arm and seed"
-    # Each job wrote only files of its own: one measurement file and one wall-time file per (arm, seed).
-    jobs = sorted(p.name for p in (out / "jobs").iterdir())
+    # Each job wrote only files of its own: one measurement file and one wall-time file per (arm, seed) (and held
+    # its own lock file while it ran).
+    jobs = sorted(p.name for p in (out / "jobs").iterdir() if p.suffix != ".lock")
     names = [f"{arm}-seed{seed}" for arm in ("em_ft", "em_ft_lr") for seed in (0, 1)]
     assert jobs == sorted([f"{n}.jsonl" for n in names] + [f"{n}.wall.json" for n in names])
     for name in names:
@@ -183,7 +184,7 @@ def test_sweep_through_submitit_local_executor_equals_the_serial_sweep(tiny_mode
     rows = {}
     for executor in ("serial", "submitit_local"):
         out = tmp_path / executor
-        command = cli("sweep", "--config", str(config), "--seeds", "1", "--output_dir", str(out),
+        command = cli("sweep", "--train_config", str(config), "--seeds", "1", "--output_dir", str(out),
                       "--executor", executor, "--max_parallel", "2")  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, env=ENV)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -101,8 +101,8 @@ def test_sweep_killed_mid_run_gives_the_uninterrupted_rows(tiny_model_dir, tmp_p
     tiny = [a for i, a in enumerate(TINY) if not set(owned) & set(TINY[max(i - 1, 0) : i + 1])]
 
     def command(out: Path) -> list[str]:
-        return cli("sweep", "--config", str(config), "--seeds", "2", "--output_dir", str(out), "--max_steps", "8",
-                   "--eval_checkpoints", "--save_steps", "1", *tiny)  # fmt: skip
+        return cli("sweep", "--train_config", str(config), "--seeds", "2", "--output_dir", str(out),
+                   "--max_steps", "8", "--eval_checkpoints", "--save_steps", "1", *tiny)  # fmt: skip
 
     straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True, env=ENV)
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -117,7 +117,8 @@ def test_sweep_killed_mid_run_gives_the_uninterrupted_rows(tiny_model_dir, tmp_p
     kept = first_marker.stat().st_mtime_ns
     rerun = subprocess.run(command(killed), capture_output=True, text=True, env=ENV)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "seed 0: done, kept" in rerun.stdout and first_marker.stat().st_mtime_ns == kept, "run 1 not redone"
+    # The default executor (local) ran each run as a job; the job of the killed sweep stopped with it (SIGTERM).
+    assert "1 of 2 run(s) done, kept" in rerun.stdout and first_marker.stat().st_mtime_ns == kept, "run 1 not redone"
     assert "resuming from" in (run_dir(1) / "train.log").read_text()
     rows = lambda out: json.loads((out / "sweep_summary.json").read_text())["runs"]  # noqa: E731
     want, got = rows(tmp_path / "straight"), rows(killed)

@@ -181,7 +181,7 @@ def test_numeric_flag_refuses_negative_and_zero_outside_its_domain(verb, kind, a
     )
     domain = action.type if isinstance(action.type, Bounded) else Bounded(float, 0)
     prefix = {"analyze": ["logits", "--model", "m"], "generate": ["--prompt", "x"], "select": ["--pool", "p"],
-              "sweep": ["--config", str(tmp_path / "c.yaml")]}.get(verb, [])  # fmt: skip
+              "sweep": ["--train_config", str(tmp_path / "c.yaml")]}.get(verb, [])  # fmt: skip
     (tmp_path / "c.yaml").write_text("learning_rate: 1.0e-5\n")
     if kind == "study":
         return  # the study parser is reached through a study YAML; its flags are walked by the unit below

@@ -14,10 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _kind(path: Path) -> str:
-    """What a shipped YAML configures: a recipe, a study (it has `arms`), an eval (`benchmarks`) or a train run."""
+    """What a shipped YAML configures: a recipe, a sweep (`train_config`), a study (`arms`), an eval (`benchmarks`) or
+    a train run."""
     keys = set(yaml.safe_load(path.read_text()) or {})
     if path.name.startswith("em_then_grpo"):
         return "recipe"
+    if "train_config" in keys:
+        return "sweep"
     return "study" if "arms" in keys else "eval" if "benchmarks" in keys else "train"
 
 

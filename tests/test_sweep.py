@@ -39,7 +39,7 @@ def test_sweep_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys):
         "max_steps: 2\nreport_to: none\ngradient_checkpointing: false\n"
     )
     out = tmp_path / "sweep"
-    argv = ["sweep", "--config", str(config), "--seeds", "2", "--grid", "learning_rate=1e-3,1e-2", "--eval",
+    argv = ["sweep", "--train_config", str(config), "--seeds", "2", "--grid", "learning_rate=1e-3,1e-2", "--eval",
             "arithmetic", "--limit", "2", "--max-new-tokens", "4", "--eval-checkpoints",
             "--output-dir", str(out)]  # fmt: skip
     assert main(argv) == 0

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..data.paths import config_file_from_argv
+from ..data.paths import config_file_from_argv, resolve_config_path
 from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, add, verb_parser
 
 HELP = "train over seeds and a grid, evaluate each run, aggregate mean/std/min/max, plot"
@@ -17,9 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = verb_parser(
         "sweep",
         "Train once per seed and grid point (each run its own process), evaluate, aggregate over seeds. "
-        "Options not listed here are passed to every `em-trainer train` run.",
+        "Options not listed here are passed to every `em-trainer train` run. `--config` is a YAML of these "
+        "options (TrlParser's dialect).",
     )
-    add(parser, "config", help="the em-trainer train YAML every run starts from (required)")
+    add(parser, "train_config", help="the em-trainer train YAML every run starts from (required)")
     add(parser, "seeds", type=POSITIVE_INT, default=16)
     add(parser, "first_seed", type=NON_NEGATIVE_INT, default=0)
     add(parser, "grid", action="append", default=[], help="field=v1,v2,... (repeat for a product)")
@@ -59,15 +60,22 @@ def main(argv: list[str]) -> int:
     )
 
     config = config_file_from_argv(argv)
-    if config is not None:
-        read_yaml_mapping(config, "--config")
     if config is not None and is_study_config(config):
         from . import study
 
         print("[em-trainer] deprecated: `em-trainer sweep --config <study YAML>` is now `em-trainer study --config "
               "<study YAML>` (run as such).", file=sys.stderr)  # fmt: skip
         return study.main(argv)
-    args, extra = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    if config is not None and not _is_sweep_config(read_yaml_mapping(config, "--config")):
+        # Before the one dialect, --config named the train YAML each run starts from.
+        print("[em-trainer] deprecated: `em-trainer sweep --config <train YAML>` is now `--train_config <train "
+              "YAML>` (run as such); --config is a YAML of the sweep's own options.", file=sys.stderr)  # fmt: skip
+        argv = _renamed(argv, "--config", "--train_config")
+        config = None
+    args, extra = parser.parse_args_and_config(argv, return_remaining_strings=True)
+    if config is not None and args.train_config is not None:
+        args.train_config = resolve_config_path(args.train_config, config, "train_config")
     if args.job is not None:
         if args.plan is None:
             raise SweepError("--job needs --plan (the sweep's plan.json): the executors pass both.")
@@ -76,11 +84,11 @@ def main(argv: list[str]) -> int:
             raise SweepError(f"--job {args.job}: the plan has runs 0 to {len(plan.runs) - 1}.")
         run_sweep_job(plan, args.job)
         return 0
-    if args.config is None:
-        raise SweepError("--config is required: the `em-trainer train` YAML every run starts from.")
+    if args.train_config is None:
+        raise SweepError("--train_config is required: the `em-trainer train` YAML every run starts from.")
     executor = executor_arguments(args)
     planned = (
-        args.config,
+        args.train_config,
         args.output_dir,
         args.seeds,
         parse_grid(args.grid),
@@ -113,6 +121,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _is_sweep_config(content: dict) -> bool:
+    """A YAML of the sweep's own options (it names ``train_config``), rather than a train YAML."""
+    return "train_config" in content
+
+
+def _renamed(argv: list[str], old: str, new: str) -> list[str]:
+    return [new if a == old else new + a[len(old) :] if a.startswith(old + "=") else a for a in argv]
+
+
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     """Every field of :class:`~em_trainer.workflows.executors.ExecutorArguments` as a flag."""
     import dataclasses
@@ -130,7 +147,8 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
         elif hints[item.name] is bool:
             add(group, item.name, action="store_true", help=help_text)
         elif hint.startswith("list"):
-            add(group, item.name, action="append", default=[], help=help_text + " (repeat the flag)")
+            # As TrlParser reads a list field (the study's flags): several values after one flag.
+            add(group, item.name, nargs="+", default=[], help=help_text)
         else:
             kind = float if "float" in hint else int if "int" in hint else str
             domain = {int: NON_NEGATIVE_INT, float: NON_NEGATIVE_FLOAT}.get(kind, kind)

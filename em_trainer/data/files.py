@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,19 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict[str
             f"{what} {path} holds a YAML {type(content).__name__}, not a mapping; write `key: value` lines."
         )
     return content
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike):
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) while the block runs; another process asking for
+    it waits. The kernel drops the lock when the holder dies, so a killed process never leaves it taken."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -69,7 +70,7 @@ class ExecutorArguments:
     """
 
     executor: str = field(default="local", metadata={"help": f"one of {', '.join(EXECUTORS)}"})
-    max_parallel: int = field(default=1, metadata={"help": "jobs at the same time (SLURM: the array's %N)"})
+    max_parallel: int = field(default=1, metadata={"help": "jobs at the same time (SLURM: the array's %%N)"})
     dry_run: bool = field(default=False, metadata={"help": "print the jobs (and the sbatch script) and run nothing"})
     timeout_min: int = field(default=1440, metadata={"help": "wall-clock limit per job, minutes"})
     gpus_per_node: int = field(default=0, metadata={"help": "GPUs per job"})
@@ -114,13 +115,15 @@ _SLURM_ONLY = (
 
 @dataclass(frozen=True)
 class Job:
-    """One ``em-trainer`` command line; ``name`` names its log file and appears in every message about it."""
+    """One command line: ``python <program> <argv>``, by default an ``em-trainer`` verb (``program`` may be a script
+    such as ``benchmarks/ordering.py``); ``name`` names its log file and appears in every message about it."""
 
     name: str
     argv: tuple[str, ...]
+    program: tuple[str, ...] = ("-m", "em_trainer.cli")
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "em_trainer.cli", *self.argv]
+        return [sys.executable, *self.program, *self.argv]
 
 
 def additional_parameters(items: Sequence[str]) -> dict[str, str]:
@@ -133,15 +136,15 @@ def additional_parameters(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def run_cli(argv: Sequence[str]) -> None:
+def run_command(command: Sequence[str]) -> None:
     """A job's body on a SLURM node (pickled by submitit): the command as its own process, its output into the job's
     log; a failure raises with the tail of what it printed, which submitit reports back."""
-    result = subprocess.run([sys.executable, "-m", "em_trainer.cli", *argv], capture_output=True, text=True)
+    result = subprocess.run(list(command), capture_output=True, text=True)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     if result.returncode != 0:
         tail = result.stderr[-3000:]
-        raise RuntimeError(f"em-trainer {' '.join(argv[:1])} exited with {result.returncode}:\n{tail}")
+        raise RuntimeError(f"{' '.join(command[1:4])} ... exited with {result.returncode}:\n{tail}")
 
 
 def run_jobs(jobs: Sequence[Job], args: ExecutorArguments, folder: Path, log: Callable[..., Any] = print) -> None:
@@ -159,6 +162,17 @@ def run_jobs(jobs: Sequence[Job], args: ExecutorArguments, folder: Path, log: Ca
     if failed:
         lines = "\n".join(f"  {name}: see {where}" for name, where in failed)
         raise ExecutorError(f"{len(failed)} of {len(jobs)} job(s) failed; rerun the same command to resume:\n{lines}")
+
+
+def _stop_with_parent() -> None:
+    """In a local job, before it starts: SIGTERM when the process that started it dies, however it died (even
+    SIGKILL), so that no job goes on training unsupervised; SIGTERM stops a job the way Ctrl-C does (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
 
 
 def threads_per_job(parallel: int) -> dict[str, str]:
@@ -180,7 +194,9 @@ def _run_local(jobs: Sequence[Job], parallel: int, folder: Path, log: Callable[.
         path = folder / f"{job.name}.log"
         with path.open("w", encoding="utf-8") as out:
             env = {**os.environ, **threads_per_job(parallel)}
-            process = subprocess.Popen(job.command(), stdout=out, stderr=subprocess.STDOUT, env=env)
+            process = subprocess.Popen(
+                job.command(), stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_stop_with_parent
+            )
             with lock:
                 running.add(process)
             log(f"[jobs] started {job.name} (log: {path})", flush=True)
@@ -255,7 +271,7 @@ def _run_submitit(jobs: Sequence[Job], args: ExecutorArguments, folder: Path,
 
     if cluster == "slurm":
         # One array; SLURM runs max_parallel of it at a time (the array's %N).
-        handles = executor.map_array(run_cli, [list(job.argv) for job in jobs])
+        handles = executor.map_array(run_command, [job.command() for job in jobs])
         log(f"[jobs] submitted {len(jobs)} job(s) as array {handles[0].job_id.split('_')[0]}", flush=True)
         for job, handle in zip(jobs, handles, strict=True):
             collect(job, handle)
@@ -267,7 +283,7 @@ def _run_submitit(jobs: Sequence[Job], args: ExecutorArguments, folder: Path,
     while waiting or running:
         while waiting and len(running) < args.max_parallel:
             job = waiting.pop(0)
-            running.append((job, executor.submit(run_cli, list(job.argv))))
+            running.append((job, executor.submit(run_command, job.command())))
             log(f"[jobs] submitted {job.name}", flush=True)
         finished = [(job, handle) for job, handle in running if handle.done()]
         for job, handle in finished:
@@ -300,10 +316,15 @@ def sbatch_script(jobs: Sequence[Job], args: ExecutorArguments, folder: Path) ->
                                **converted)  # fmt: skip
 
 
+def _shown(job: Job) -> str:
+    prefix = "em-trainer" if job.program == ("-m", "em_trainer.cli") else shlex.join(["python", *job.program])
+    return f"{prefix} {shlex.join(job.argv)}"
+
+
 def describe(jobs: Sequence[Job], args: ExecutorArguments, folder: Path) -> str:
     """The dry run's text: each job's command line, and for SLURM the resources and the script."""
     lines = [f"{len(jobs)} job(s), executor {args.executor}, {args.max_parallel} at a time:"]
-    lines += [f"  {job.name}: em-trainer {shlex.join(job.argv)}" for job in jobs]
+    lines += [f"  {job.name}: {_shown(job)}" for job in jobs]
     if args.executor in ("slurm", "submitit_local"):
         resources = submitit_parameters(args, folder.parent.name or "em-trainer")
         lines += ["", "submitit parameters: " + ", ".join(f"{k}={v}" for k, v in resources.items())]

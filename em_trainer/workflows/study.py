@@ -19,12 +19,11 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..data.files import atomic_write_json
+from ..data.files import atomic_write_json, exclusive_lock
 from ..data.paths import resolve_config_path
 from .sweep import RUN_MARKER, Run, SweepError, check_run, summarize, train_run
 
@@ -547,25 +546,12 @@ def _add_wall(path: Path, part: str, started: float) -> None:
     atomic_write_json(path, wall)
 
 
-@contextmanager
-def _preparation_lock(study: Study):
-    """One preparation at a time: a second process (``--only_seed`` by hand, or two submissions) waits, then finds
-    the pool, the selected prompt and the base measurements done instead of computing them again."""
-    import fcntl
-
-    study.output_dir.mkdir(parents=True, exist_ok=True)
-    with (study.output_dir / ".prepare.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def prepare_study(study: Study, log: Any = print) -> Path:
     """The shared part, once: pool, ``select``, the base model's and the decoding arms' measurements, each training
     arm's step 0 (the base sampled with its seed). Returns the training dataset."""
-    with _preparation_lock(study):
+    # One preparation at a time: a second process (--only_seed by hand, or two submissions) waits, then finds the
+    # pool, the selected prompt and the base measurements done instead of computing them again.
+    with exclusive_lock(study.output_dir / ".prepare.lock"):
         measurements = Measurements(study.output_dir / "measurements.jsonl", arm_identities(study))
         if measurements.stale:
             log(f"[study] {measurements.stale} stored measurement(s) come from other settings (model, config, "
@@ -617,9 +603,12 @@ def run_job(study: Study, name: str, seed: int, dataset: Path, log: Any = print,
     measurements = Measurements(
         study.output_dir / "measurements.jsonl", arm_identities(study), writes=jobs / f"{job_name(name, seed)}.jsonl"
     )
-    started = time.time()
-    run_training_arm(study, name, study.training_arms[name], dataset, measurements, log, seed, launcher)
-    _add_wall(jobs / f"{job_name(name, seed)}.wall.json", name, started)
+    # A job still running (a driver killed without its jobs, a second submission) holds the lock: this one waits for
+    # it, then finds its work done, instead of training the same run beside it.
+    with exclusive_lock(jobs / f"{job_name(name, seed)}.lock"):
+        started = time.time()
+        run_training_arm(study, name, study.training_arms[name], dataset, measurements, log, seed, launcher)
+        _add_wall(jobs / f"{job_name(name, seed)}.wall.json", name, started)
 
 
 def study_jobs(study: Study, only_seed: int | None = None, only_arm: str | None = None) -> list[tuple[str, int]]:

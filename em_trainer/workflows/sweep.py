@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.files import atomic_write_json, atomic_write_text
+from ..data.files import atomic_write_json, atomic_write_text, exclusive_lock
 from ..data.identity import readable_name
 
 RUN_MARKER = ".run_complete"
@@ -256,7 +256,13 @@ def _finished(plan: SweepPlan, index: int) -> dict[str, Any] | None:
 
 def run_sweep_job(plan: SweepPlan, index: int, log: Any = print) -> dict[str, Any]:
     """Train and evaluate one run (grid point, seed) in its own folder; its ``.run_complete`` marker is the record.
-    Writes nothing outside that folder, so jobs run side by side and a killed one resumes from its checkpoint."""
+    Writes nothing outside that folder, so jobs run side by side and a killed one resumes from its checkpoint. A job
+    of the same run still going (its driver killed without it) holds the run's lock: this one waits, then resumes."""
+    with exclusive_lock(plan.directory(index).parent / f".{plan.directory(index).name}.lock"):
+        return _run_sweep_job(plan, index, log)
+
+
+def _run_sweep_job(plan: SweepPlan, index: int, log: Any) -> dict[str, Any]:
     run, directory = plan.run(index), plan.directory(index)
     number = f"{index + 1}/{len(plan.runs)}"
     record = _finished(plan, index)
