@@ -132,14 +132,15 @@ def test_ordering_table_lists_every_order_beside_the_base():
 
 @pytest.mark.slow
 def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
-    """`study --config study.yaml --quick` through submitit's local executor, two jobs at a time: every arm, seed and
-    step measured; a rerun recomputes nothing."""
+    """`study --config study.yaml --quick` through submitit's local executor (one job at a time: under the tests'
+    two workers, two jobs at a time only compete for the cores; tests/test_executors.py runs two at a time): every
+    arm, seed and step measured; a rerun recomputes nothing."""
     out = tmp_path / "study"
     command = [
         sys.executable, "-m", "em_trainer.cli", "study", "--config", str(STUDY), "--quick",
         "--output_dir", str(out), "--results_file", str(out / "results.json"),
     ]  # fmt: skip
-    submitted = [*command, "--executor", "submitit_local", "--max_parallel", "2"]
+    submitted = [*command, "--executor", "submitit_local", "--max_parallel", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     # One (seed, arm) of the training grid alone, as a second process would take it; the full run then keeps it.
     alone = subprocess.run([*command, "--only_seed", "1", "--only_arm", "em_ft"], capture_output=True, text=True,
