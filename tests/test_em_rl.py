@@ -22,6 +22,11 @@ def reference_rewards(model, prompts, completions, temperature, eos, kind, reduc
         if kind == "trajectory":
             log_p = torch.log_softmax(step_logits / temperature, -1)
             values = log_p[torch.arange(len(generated)), torch.tensor(generated)]
+        elif kind == "self_certainty":
+            # KL(U || p) written out over the vocabulary, in float64.
+            p = torch.softmax(step_logits / temperature, -1)
+            vocab = p.shape[-1]
+            values = ((1.0 / vocab) * (torch.log(torch.tensor(1.0 / vocab, dtype=p.dtype)) - p.log())).sum(-1)
         else:
             values = -token_entropy_from_logits(step_logits, temperature)
         rewards.append(values.mean().item() if reduction == "mean" else values.sum().item())
@@ -38,7 +43,7 @@ def rollout(trainer, tokenizer):
     return batch, prompts, completions
 
 
-@pytest.mark.parametrize("kind", ["trajectory", "token"])
+@pytest.mark.parametrize("kind", ["trajectory", "token", "self_certainty"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_rewards_match_full_logits(tiny_model_dir, tokenizer, tmp_path, kind, reduction):
     trainer = make_trainer(
@@ -50,7 +55,8 @@ def test_rewards_match_full_logits(tiny_model_dir, tokenizer, tmp_path, kind, re
         em_reward_reduction=reduction,
     )
     batch, prompts, completions = rollout(trainer, tokenizer)
-    got = list(trainer._logs["rewards"][f"neg_entropy_{kind}"])
+    name = "self_certainty" if kind == "self_certainty" else f"neg_entropy_{kind}"
+    got = list(trainer._logs["rewards"][name])
     want = reference_rewards(trainer.model, prompts, completions, 0.5, tokenizer.eos_token_id, kind, reduction)
     assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
     # GRPO's group advantages come from these rewards: the two groups are rows (0, 1) and (2, 3).
@@ -120,3 +126,12 @@ def test_em_rl_config_errors_and_preset(tmp_path):
     preset = EMConfig.em_rl_paper_defaults(output_dir=str(tmp_path))
     assert (preset.num_generations, preset.learning_rate, preset.beta, preset.temperature) == (4, 1e-6, 0.001, 1.0)
     assert preset.objective == "neg_entropy_reward"
+
+
+def test_rent_is_the_token_reward_by_name_and_unknown_rewards_are_named(tmp_path):
+    from em_trainer import EMConfigError
+
+    config = EMConfig(output_dir=str(tmp_path), objective="neg_entropy_reward", em_reward="rent")
+    assert config.em_reward == "token"
+    with pytest.raises(EMConfigError, match="'trajectory', 'token' or 'self_certainty'"):
+        EMConfig(output_dir=str(tmp_path), objective="neg_entropy_reward", em_reward="confidence")

@@ -120,8 +120,11 @@ class EMConfig(GRPOConfig):
 
         em_reward (`str`, *optional*, defaults to `"token"`):
             'trajectory': the mean log-probability of the sampled tokens, a one-sample estimate of minus the trajectory
-            entropy per token; 'token': minus the mean full-vocabulary entropy over the generated positions. Both at
-            entropy_temperature.
+            entropy per token; 'token': minus the mean full-vocabulary entropy over the generated positions (RENT's
+            reward, arXiv 2505.22660: 'rent' is accepted as its name); 'self_certainty': Intuitor's reward (arXiv
+            2505.19590), the mean over the response of KL(U || p), the divergence of the next-token distribution
+            from uniform, computed from the logits of the generated positions (one more no-grad forward per rollout).
+            All at entropy_temperature.
         em_reward_reduction (`str`, *optional*, defaults to `"mean"`):
             'mean' over a response's tokens (the authors' code) or 'sum' (the paper's formulas, which favour longer
             confident responses).
@@ -303,8 +306,10 @@ class EMConfig(GRPOConfig):
             raise EMConfigError(
                 f"objective='{self.objective}': use 'entropy_loss' (EM-FT) or 'neg_entropy_reward' (EM-RL)."
             )
-        if self.em_reward not in ("trajectory", "token"):
-            raise EMConfigError(f"em_reward='{self.em_reward}': use 'trajectory' or 'token'.")
+        if self.em_reward == "rent":
+            self.em_reward = "token"  # RENT's reward is EM-RL's token reward: one name for one computation
+        if self.em_reward not in ("trajectory", "token", "self_certainty"):
+            raise EMConfigError(f"em_reward='{self.em_reward}': use 'trajectory', 'token' or 'self_certainty'.")
         if self.em_reward_reduction not in ("mean", "sum"):
             raise EMConfigError(f"em_reward_reduction='{self.em_reward_reduction}': use 'mean' or 'sum'.")
         if self.em_advantage not in ("grpo", "rloo"):

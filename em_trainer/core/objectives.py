@@ -82,3 +82,14 @@ def trajectory_reward(per_token_logps: torch.Tensor, mask: torch.Tensor, reducti
 def token_entropy_reward(entropies: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """EM-RL token reward: minus the full-vocabulary entropy, averaged (or summed) over each response's positions."""
     return -trajectory_reward(entropies, mask, reduction)
+
+
+def self_certainty_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Self-certainty (Intuitor, arXiv 2505.19590) per position: ``KL(U || p) = -log V - mean_v log p_v`` with
+    ``p = softmax(logits / temperature)`` over the ``V`` entries of the last dimension. 0 for the uniform
+    distribution, larger the more peaked ``p`` is; averaged over a response, it is Intuitor's reward."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    log_p = torch.log_softmax(logits.float() / temperature, dim=-1)
+    vocab = logits.shape[-1]
+    return -log_p.mean(dim=-1) - torch.log(torch.tensor(float(vocab), device=logits.device))

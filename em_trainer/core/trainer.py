@@ -25,7 +25,13 @@ from .callbacks import CollapseGuard, DevSetEarlyStopping, Scorer
 from .config import EMConfig, EMConfigError
 from .fused_head import patch_entropy_temperature, score_generated_positions_only
 from .model_card import BOTH_CITATIONS, build_model_card
-from .objectives import masked_token_mean_loss, token_entropy_reward, token_normalizer, trajectory_reward
+from .objectives import (
+    masked_token_mean_loss,
+    self_certainty_from_logits,
+    token_entropy_reward,
+    token_normalizer,
+    trajectory_reward,
+)
 from .rollout import PolicyForward, RolloutStash
 from .shared_prefill import generate_with_shared_prefill
 from .shared_prompt import (
@@ -237,6 +243,10 @@ class EMTrainer(GRPOTrainer):
     # ------------------------------------------------------------------------------------------------ EM-RL
     def _make_em_reward(self, kind: str, reduction: str) -> Callable[..., list[float]]:
         def reward(completions: list, **kwargs: Any) -> list[float]:
+            if kind == "self_certainty":
+                per_token, mask = self._self_certainty_statistics()
+                # Self-certainty is already "higher is more confident": reduced like the trajectory reward.
+                return trajectory_reward(per_token, mask, reduction).float().cpu().tolist()
             logps, entropies, mask = self._em_token_statistics()
             if kind == "trajectory":
                 values = trajectory_reward(logps, mask, reduction)
@@ -244,7 +254,7 @@ class EMTrainer(GRPOTrainer):
                 values = token_entropy_reward(entropies, mask, reduction)
             return values.float().cpu().tolist()
 
-        reward.__name__ = f"neg_entropy_{kind}"
+        reward.__name__ = "self_certainty" if kind == "self_certainty" else f"neg_entropy_{kind}"
         return reward
 
     def _generate(self, prompts: list):
@@ -395,8 +405,9 @@ class EMTrainer(GRPOTrainer):
             return "no prompt repeats"
         return None
 
-    def _em_token_statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-token log-probs and entropies of the current rollout, and its mask of generated positions."""
+    def _rollout_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The current rollout as one padded batch: input ids, attention mask, completion ids and completion mask
+        (prompts left-padded, completions right-padded, as TRL lays them out)."""
         prompt_ids_list, completion_ids_list = self._rollout.ids()
         device = self.accelerator.device
         pad_id = self._tokenizer.pad_token_id
@@ -410,6 +421,11 @@ class EMTrainer(GRPOTrainer):
         completion_mask = pad([torch.ones_like(t) for t in completions], padding_value=0, **kwargs).to(device)
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        return input_ids, attention_mask, completion_ids, completion_mask
+
+    def _em_token_statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token log-probs and entropies of the current rollout, and its mask of generated positions."""
+        input_ids, attention_mask, completion_ids, completion_mask = self._rollout_batch()
         kept = self._rollout.take_forward(input_ids, attention_mask)
         if kept is not None:
             return kept.logps, kept.entropies, completion_mask
@@ -424,6 +440,27 @@ class EMTrainer(GRPOTrainer):
                     compute_entropy=True,
                 )
         return logps, entropies, completion_mask
+
+    def _self_certainty_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token self-certainty ``KL(U || p)`` of the current rollout at the sampling temperature, and its mask.
+
+        TRL's fused head gives log-probs, entropies and the mean logit but not the log-normaliser this needs, so the
+        logits of the generated positions are materialised, one micro-batch at a time, without gradients: one more
+        forward per rollout than the token reward, which reuses TRL's."""
+        input_ids, attention_mask, completion_ids, completion_mask = self._rollout_batch()
+        length, size = completion_ids.size(1), self.args.per_device_train_batch_size
+        values = []
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            for start in range(0, input_ids.size(0), size):
+                logits = self.model(
+                    input_ids=input_ids[start : start + size],
+                    attention_mask=attention_mask[start : start + size],
+                    logits_to_keep=length + 1,
+                    use_cache=False,
+                ).logits
+                # The last prompt position predicts the first generated token; the last position predicts nothing.
+                values.append(self_certainty_from_logits(logits[:, :-1, :], self.args.temperature))
+        return torch.cat(values), completion_mask
 
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:

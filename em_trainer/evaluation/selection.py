@@ -24,6 +24,7 @@ from ..data.labels import PROBLEM_COLUMNS, last_boxed, pick_column, pool_answer
 from ..data.prompts import BOXED_INSTRUCTION, format_problem, render_chat
 from ..data.sources import load_pool
 from ..decoding.generation import Generator, SamplingSettings
+from .answer_clusters import cluster_answers
 from .records import RecordFile
 from .scoring import grade, is_parseable, parse_gold, parse_prediction
 
@@ -81,24 +82,10 @@ def majority_agreement(extracted: Sequence[str | None], same: Callable[[str, str
     answer never agrees; if no sample has an answer, none agrees. Ties between equally common answers go to the
     answer seen first.
     """
-    if same is None:
-
-        def same(a: str, b: str) -> bool:
-            return a == b or grade(f"{a}", f"$\\boxed{{{b}}}$").correct
-
-    groups: list[tuple[str, list[int]]] = []
-    for i, answer in enumerate(extracted):
-        if answer is None:
-            continue
-        for representative, members in groups:
-            if same(representative, answer):
-                members.append(i)
-                break
-        else:
-            groups.append((answer, [i]))
-    if not groups:
+    clusters = cluster_answers(extracted, same)
+    if not clusters:
         return [False] * len(extracted)
-    majority = max(groups, key=lambda g: len(g[1]))[1]
+    majority = max(clusters, key=len)
     return [i in majority for i in range(len(extracted))]
 
 

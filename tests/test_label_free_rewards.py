@@ -1,0 +1,113 @@
+"""The label-free rewards against independent reference computations, and against completions written to game them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from em_trainer.core.objectives import self_certainty_from_logits
+from em_trainer.evaluation.label_free_rewards import (
+    format_reward,
+    majority_vote_reward,
+    make_random_reward,
+    semantic_entropy_reward,
+)
+
+
+def boxed(answer: str) -> str:
+    return f"The answer is $\\boxed{{{answer}}}$."
+
+
+def test_self_certainty_is_the_kl_from_uniform_computed_in_float64():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11) * 4
+    for temperature in (1.0, 0.5):
+        p = torch.softmax(logits.double() / temperature, dim=-1)
+        uniform = torch.full_like(p, 1 / 11)
+        reference = (uniform * (uniform.log() - p.log())).sum(-1)
+        got = self_certainty_from_logits(logits, temperature)
+        assert torch.allclose(got.double(), reference, atol=1e-5)
+    assert torch.allclose(self_certainty_from_logits(torch.zeros(2, 7)), torch.zeros(2), atol=1e-6), "uniform: 0"
+    peaked = torch.tensor([[20.0, 0, 0, 0]])
+    assert self_certainty_from_logits(peaked) > self_certainty_from_logits(torch.tensor([[2.0, 0, 0, 0]]))
+
+
+def test_semantic_entropy_reward_is_each_answers_cluster_share_per_prompt():
+    # Prompt A: 1/2 and 0.5 are one answer (3 of 4 with 2/4), 3 alone; prompt B: no answer, then two equal answers.
+    prompts = ["A"] * 4 + ["B"] * 3
+    completions = [boxed("1/2"), boxed("0.5"), boxed("3"), boxed("2/4"), "I do not know.", boxed("7"), boxed("7")]
+    assert semantic_entropy_reward(completions, prompts=prompts) == [0.75, 0.75, 0.25, 0.75, 0.0, 2 / 3, 2 / 3]
+    # Chat-format completions (lists of messages), as TRL passes them for conversational datasets.
+    chat = [[{"role": "assistant", "content": c}] for c in completions]
+    assert semantic_entropy_reward(chat, prompts=prompts) == semantic_entropy_reward(completions, prompts=prompts)
+
+
+def test_majority_vote_reward_matches_the_groups_majority_answer():
+    prompts = ["A"] * 5 + ["B"] * 2
+    completions = [boxed("4"), boxed("5"), boxed("4.0"), "no answer", boxed("5"), boxed("1"), boxed("2")]
+    # A: 4 (twice, 4.0 counts) ties 5 (twice): the first seen wins; B: a tie of singletons goes to the first.
+    assert majority_vote_reward(completions, prompts=prompts) == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "completion, reward",
+    [
+        (boxed("3"), 1.0),
+        ("\\boxed{}", 0.0),  # an empty box is not the format
+        ("\\boxed{   }", 0.0),
+        ("the answer is 3", 0.0),
+        ("\\boxed{2} then \\boxed{}", 0.0),  # the last box counts, as the graders read it
+        ("\\boxed{\\frac{1}{2}}", 1.0),
+    ],
+)
+def test_format_reward_needs_a_non_empty_box(completion, reward):
+    assert format_reward([completion]) == [reward]
+
+
+def test_answer_rewards_are_not_fooled_by_many_boxes_or_unparseable_answers():
+    """Listing every candidate answer does not join every cluster: only the last box is the answer."""
+    prompts = ["A"] * 3
+    completions = [boxed("2"), "\\boxed{1} \\boxed{2} \\boxed{3} and finally \\boxed{9}", boxed("2")]
+    assert majority_vote_reward(completions, prompts=prompts) == [1.0, 0.0, 1.0]
+    assert semantic_entropy_reward(completions, prompts=prompts) == [2 / 3, 1 / 3, 2 / 3]
+    # Whitespace and padding do not make a new answer; text without any answer earns nothing.
+    assert semantic_entropy_reward(["\\boxed{ 2 }", boxed("2"), ""], prompts=prompts) == [2 / 3, 2 / 3, 0.0]
+
+
+def test_random_reward_is_reproducible_independent_of_the_text_and_near_gamma():
+    class State:
+        global_step = 3
+
+    reward = make_random_reward(seed=1, gamma=0.5)
+    texts = [f"completion {i}" for i in range(2000)]
+    first = reward(texts, trainer_state=State())
+    assert first == reward(["x"] * 2000, trainer_state=State()), "the text never changes it"
+    assert first != make_random_reward(seed=2)(texts, trainer_state=State())
+    mean = sum(first) / len(first)
+    assert abs(mean - 0.5) < 4 * math.sqrt(0.25 / len(first))
+    assert sum(make_random_reward(seed=1, gamma=0.1)(texts)) / len(texts) < 0.15
+    with pytest.raises(ValueError, match="gamma"):
+        make_random_reward(gamma=1.5)
+
+
+@pytest.mark.slow
+def test_the_rewards_train_with_trls_own_grpo_trainer(tiny_model_dir, tmp_path):
+    """Plain functions in TRL's signature: TRL's GRPOTrainer takes them as they are and logs each one."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from em_trainer.evaluation.label_free_rewards import random_reward
+
+    dataset = Dataset.from_list([{"prompt": "What is 2 + 3? Put the answer in \\boxed{}."}] * 4)
+    args = GRPOConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, num_generations=4,
+        max_completion_length=8, report_to="none", bf16=False, use_cpu=True, logging_steps=1, save_strategy="no",
+    )  # fmt: skip
+    rewards = [semantic_entropy_reward, majority_vote_reward, format_reward, random_reward]
+    trainer = GRPOTrainer(model=tiny_model_dir, reward_funcs=rewards, args=args, train_dataset=dataset)
+    trainer.train()
+    logged = {k for log in trainer.state.log_history for k in log}
+    for name in ("semantic_entropy_reward", "majority_vote_reward", "format_reward", "random_reward"):
+        assert f"rewards/{name}/mean" in logged, (name, sorted(logged))
