@@ -81,7 +81,7 @@ class VerbParser(TrlParser):
         for arg in args:
             flag = arg.split("=", 1)[0]
             if flag in dashed:
-                print(f"{self.prog}: deprecated: {flag} is now {flag.replace('-', '_').replace('__', '--', 1)}",
+                print(f"{self.prog}: deprecated: {flag} is now --{flag[2:].replace('-', '_')}",
                       file=sys.stderr)  # fmt: skip
 
 
