@@ -240,6 +240,7 @@ def test_study_numbers_outside_their_domain_are_refused_in_one_line(name, value,
         (["generate", "--prompt", "x", "--raw", "--system_prompt", "s"], "--system_prompt"),
         (["generate", "--prompt", "x", "--backend", "hf", "--vllm_enforce_eager"], "--vllm_enforce_eager"),
         (["eval", "--benchmarks", "arithmetic", "--backend", "hf", "--vllm_max_model_len", "512"], "vllm_max_model"),
+        (["generate", "--prompt", "x", "--backend", "vllm", "--cpu_decoding", "plain"], "--cpu_decoding"),
     ],
 )
 def test_options_that_would_be_ignored_are_refused(argv, needle, capsys):

@@ -8,16 +8,21 @@ keys, values and positions the plain prefill would give it, and sampling draws t
 order; the samples differ from plain ``generate`` only where float rounding flips a near-tie.
 
 vLLM needs none of this: its prefix cache already shares the prompt.
+
+On a CPU the same call can also decode faster (core/cpu_decoding): ``growing_cache`` keeps the KV cache in buffers
+reserved once (equal outputs, bit for bit) and ``packs`` routes the linears through oneDNN-packed weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache
 
+from .cpu_decoding import GrowingCache, PackedLinears
 from .shared_prompt import backbone, distinct_prompts
 
 # Inputs the prefix pass would have to slice per row and hand to the backbone; the plain path handles them.
@@ -31,8 +36,12 @@ def generation_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prefill_shared_prompts(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DynamicCache | None:
-    """The KV cache of ``input_ids[:, :-1]`` for every row, computed once per distinct row; None if no row repeats."""
+def prefill_shared_prompts(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: DynamicCache | None = None
+) -> DynamicCache | None:
+    """The KV cache of ``input_ids[:, :-1]`` for every row, computed once per distinct row; None if no row repeats.
+
+    ``cache``: an empty cache to fill (default a new ``DynamicCache``)."""
     if input_ids.size(1) < 2:
         return None
     first, inverse = distinct_prompts(input_ids, attention_mask)
@@ -43,7 +52,7 @@ def prefill_shared_prompts(model: Any, input_ids: torch.Tensor, attention_mask: 
         input_ids=input_ids[first, :-1],
         attention_mask=mask[:, :-1],
         position_ids=generation_positions(mask)[:, :-1],
-        past_key_values=DynamicCache(config=model.config),
+        past_key_values=cache if cache is not None else DynamicCache(config=model.config),
         use_cache=True,
     )
     cache = outputs.past_key_values
@@ -72,6 +81,9 @@ def generate_with_shared_prefill(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     generate: Callable[..., Any] | None = None,
+    shared_prefill: bool = True,
+    growing_cache: bool = False,
+    packs: PackedLinears | None = None,
     **generate_kwargs: Any,
 ) -> torch.Tensor:
     """``model.generate(input_ids, attention_mask, **generate_kwargs)`` with each distinct prompt prefilled once.
@@ -79,11 +91,27 @@ def generate_with_shared_prefill(
     Returns what ``generate`` returns (prompt and completion ids). Falls back to plain ``generate`` when no prompt
     repeats or :func:`shared_prefill_unsupported` gives a reason. ``num_return_sequences`` must be 1: repeat the rows
     instead (``input_ids.repeat_interleave(n, 0)``), which is what ``generate`` does internally. ``generate`` is the
-    generate method to call (default ``model.generate``).
+    generate method to call (default ``model.generate``); ``shared_prefill=False`` prefills every row. On a CPU,
+    ``growing_cache`` decodes into a :class:`~em_trainer.core.cpu_decoding.GrowingCache` (same outputs, no copy of
+    the cache per token) and ``packs`` computes the linears of every no-grad forward from packed weights (same
+    tokens up to float rounding).
     """
-    if shared_prefill_unsupported(model, generate_kwargs) is None:
-        cache = prefill_shared_prompts(model, input_ids, attention_mask)
-        if cache is not None:
-            generate_kwargs["past_key_values"] = cache
-    generate = generate or model.generate
-    return generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+    routed = packs.applied(model, rows=input_ids.size(0)) if packs is not None else contextlib.nullcontext()
+    with routed:
+        if shared_prefill_unsupported(model, generate_kwargs) is None:
+            cache = None
+            if growing_cache and input_ids.device.type == "cpu":
+                reserve = input_ids.size(1) + _max_new_tokens(model, generate_kwargs)
+                cache = GrowingCache(model.config, reserve=reserve)
+            shared = prefill_shared_prompts(model, input_ids, attention_mask, cache) if shared_prefill else None
+            if shared is not None or cache is not None:
+                generate_kwargs["past_key_values"] = shared if shared is not None else cache
+        generate = generate or model.generate
+        return generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+
+
+def _max_new_tokens(model: Any, generate_kwargs: dict[str, Any]) -> int:
+    """The number of new tokens ``generate`` may add (0 when only a total ``max_length`` is known)."""
+    config = generate_kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    value = generate_kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    return int(value or 0)

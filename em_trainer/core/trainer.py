@@ -23,6 +23,7 @@ from ..data.models import base_model_id, resolve_model
 from ..data.prompts import is_conversational_prompt, load_one_shot_dataset, messages_to_text
 from .callbacks import CollapseGuard, DevSetEarlyStopping, Scorer
 from .config import EMConfig, EMConfigError
+from .cpu_decoding import PackedLinears, cpu_decoding_unavailable
 from .fused_head import patch_entropy_temperature, score_generated_positions_only
 from .model_card import BOTH_CITATIONS, build_model_card
 from .objectives import (
@@ -129,6 +130,7 @@ class EMTrainer(GRPOTrainer):
         with self._vllm_engine_build_context(args):
             super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
         self._route_weight_sync_through_cpu_repack()
+        self._check_rollout_dtype(args)
 
         if isinstance(self.train_dataset, Dataset):
             self.train_dataset = self._match_chat_template(self.train_dataset, self._tokenizer)
@@ -265,28 +267,55 @@ class EMTrainer(GRPOTrainer):
         return output
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        with self._shared_prefill_generation(images, multimodal_fields):
+        with self._hf_generation(images, multimodal_fields):
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
 
-    @contextlib.contextmanager
-    def _shared_prefill_generation(self, images: Any, multimodal_fields: dict) -> Iterator[None]:
-        """HF generation prefills each distinct prompt once (core/shared_prefill), where TRL runs HF ``generate``."""
-        if (
-            not self.args.shared_prompt_forward
-            or self.use_vllm
+    def _hf_generation_untouched(self, images: Any, multimodal_fields: dict) -> bool:
+        """Whether TRL's generation runs as it is: vLLM, continuous batching, multimodal, FSDP or DeepSpeed."""
+        return bool(
+            self.use_vllm
             or self.use_transformers_continuous_batching
             or images
             or multimodal_fields
             or self.is_fsdp_enabled
             or self.is_deepspeed_enabled
-        ):
+        )
+
+    def _check_rollout_dtype(self, args: EMConfig) -> None:
+        if args.rollout_dtype is None:
+            return
+        reason = cpu_decoding_unavailable(self.model, getattr(torch, args.rollout_dtype))
+        if reason is None and self._hf_generation_untouched(None, {}):
+            reason = "TRL generates here without HF generate on the policy (vLLM, continuous batching, FSDP/DeepSpeed)"
+        if reason is not None:
+            raise EMConfigError(
+                f"rollout_dtype='{args.rollout_dtype}' applies to HF rollouts on a CPU, and here {reason}; drop "
+                "rollout_dtype."
+            )
+
+    @contextlib.contextmanager
+    def _hf_generation(self, images: Any, multimodal_fields: dict) -> Iterator[None]:
+        """Where TRL runs HF ``generate``: each distinct prompt prefilled once (core/shared_prefill) when
+        ``shared_prompt_forward``, and on a CPU the fast decoding of core/cpu_decoding when ``cpu_fast_rollouts``."""
+        shared, fast = self.args.shared_prompt_forward, self.args.cpu_fast_rollouts
+        if not (shared or fast) or self._hf_generation_untouched(images, multimodal_fields):
             yield
             return
         model = self.accelerator.unwrap_model(self.model_wrapped)  # what TRL's generation context yields
+        dtype = getattr(torch, self.args.rollout_dtype) if self.args.rollout_dtype else None
+        fast = fast and cpu_decoding_unavailable(model, dtype) is None
         own_generate = vars(model).get("generate")  # an instance attribute to put back, if any
-        model.generate = functools.partial(generate_with_shared_prefill, model, generate=model.generate)
+        # Packs are made for this rollout and dropped after it: the weights change at every optimizer step.
+        model.generate = functools.partial(
+            generate_with_shared_prefill,
+            model,
+            generate=model.generate,
+            shared_prefill=shared,
+            growing_cache=fast,
+            packs=PackedLinears(dtype) if fast else None,
+        )
         try:
             yield
         finally:

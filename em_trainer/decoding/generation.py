@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..core.cpu_decoding import PackedLinears, cpu_decoding_unavailable, matmul_kernel
 from ..core.shared_prefill import generate_with_shared_prefill
 from ..data.identity import model_identity, object_identity
 from ..data.models import resolve_model
@@ -89,6 +90,11 @@ class HFGenerator:
         tokenizer: Defaults to the model's own.
         batch_size: Prompts per ``generate`` call (each with ``n`` samples).
         logits_processors: Extra ``LogitsProcessor`` objects, e.g. EM-INF.
+        dtype: The weights' dtype when ``model`` is a reference (default: the checkpoint's).
+        cpu_fast_decoding: On a CPU, decode into a KV cache reserved once and compute the linears from
+            oneDNN-packed weights, packed once for the generator's life and again only if a weight changes
+            (core/cpu_decoding: about 2x faster token steps; logits equal to float rounding). Recorded in
+            ``identity`` as the matmul kernel, so results of the two paths are never mixed.
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class HFGenerator:
         batch_size: int = 8,
         logits_processors: Sequence[Any] | None = None,
         dtype: Any = None,
+        cpu_fast_decoding: bool = True,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -120,12 +127,15 @@ class HFGenerator:
         self.batch_size = batch_size
         self.logits_processors = list(logits_processors or [])
         self.eos_ids = eos_token_ids(model, tokenizer)
+        self.cpu_fast_decoding = cpu_fast_decoding and cpu_decoding_unavailable(model) is None
+        self.packs = PackedLinears() if self.cpu_fast_decoding else None
         # Everything of this generator that determines its samples (results are stored under it: data/identity).
         self.identity: dict[str, Any] = {
             "backend": "hf",
             "model": model_identity_,
             "dtype": str(next(model.parameters()).dtype),
             "batch_size": batch_size,
+            "matmul": matmul_kernel(model, self.cpu_fast_decoding),
             "logits_processors": [processor_identity(p) for p in self.logits_processors],
         }
 
@@ -159,7 +169,14 @@ class HFGenerator:
             # prefilled once and its cache shared (core/shared_prefill).
             input_ids = encoded["input_ids"].repeat_interleave(per_prompt, dim=0)
             attention_mask = encoded["attention_mask"].repeat_interleave(per_prompt, dim=0)
-            output = generate_with_shared_prefill(self.model, input_ids, attention_mask, **kwargs)
+            output = generate_with_shared_prefill(
+                self.model,
+                input_ids,
+                attention_mask,
+                growing_cache=self.cpu_fast_decoding,
+                packs=self.packs,
+                **kwargs,
+            )
             new_tokens = output[:, input_ids.shape[1] :].tolist()
             for i in range(len(chunk)):
                 samples = []
