@@ -32,6 +32,8 @@ VARIANTS = {
     "a": "EMTrainer (default: shared-prompt forward, activation checkpointing on)",
     "a-plain": "EMTrainer, shared_prompt_forward=False (prompt + completion per response)",
     "a-nockpt": "EMTrainer, gradient_checkpointing=False",
+    "a-trlgen": "EMTrainer, cpu_fast_rollouts=False (HF generate's own KV cache and matrix products)",
+    "a-bf16": "EMTrainer, rollout_dtype='bfloat16' (rollouts' matrix products in bf16)",
     "b": "official-style loop (generate without KV cache + full logits)",
     "c": "TRL GRPOTrainer as EM (zero reward, entropy_coef=-1)",
 }
@@ -134,11 +136,13 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
             times.append(time.perf_counter() - self.start)
 
     # Generation happens inside the first micro-batch of a step (after on_step_begin), so it is timed.
-    if variant in ("a", "a-nockpt", "a-plain"):
+    if variant in ("a", "a-nockpt", "a-plain", "a-trlgen", "a-bf16"):
         args = EMConfig(
             responses_per_step=responses,
             gradient_checkpointing=(variant != "a-nockpt"),
             shared_prompt_forward=(variant != "a-plain"),
+            cpu_fast_rollouts=(variant != "a-trlgen"),
+            rollout_dtype="bfloat16" if variant == "a-bf16" else None,
             **common,
         )
         trainer = EMTrainer(
@@ -214,7 +218,7 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
         if breakdown["generation_s"] is not None and breakdown["loss_forward_s"] is not None:
             breakdown["backward_and_optimizer_s"] = statistics.median(measured) - sum(breakdown.values())
     seconds = statistics.median(measured)
-    shared = variant == "a" and getattr(trainer, "_shared_prompt_state", None) == "ok"
+    shared = variant in ("a", "a-trlgen", "a-bf16") and getattr(trainer, "_shared_prompt_state", None) == "ok"
     flops = step_flops(model, prompt_len, responses, completion_len, checkpointing, shared)
     return {
         "variant": variant,
