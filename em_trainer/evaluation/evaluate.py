@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.callbacks import repetition_rate
 from ..data.files import atomic_write_json, atomic_write_text
 from ..data.identity import changed_fields, fingerprint, readable_name, text_digest
 from ..data.prompts import MATH_SYSTEM_PROMPT, render_chat
@@ -77,6 +78,7 @@ class BenchmarkResult:
     majority_accuracy: float | None = None  # maj@n (self-consistency), math benchmarks with n > 1
     mean_length: float = 0.0  # tokens per response
     cut_share: float = 0.0  # share of responses cut at max_new_tokens (no end-of-sequence token)
+    repetition: float = 0.0  # mean share of repeated word 4-grams per response (the collapse guard's measure)
 
     @property
     def accuracy(self) -> float:
@@ -181,6 +183,7 @@ def evaluate_benchmark(
         majority_accuracy=majority_vote_accuracy(complete) if settings.n > 1 and not is_code and complete else None,
         mean_length=sum(r["num_tokens"] for r in kept) / max(len(kept), 1),
         cut_share=sum(r["finish_reason"] == "length" for r in kept) / max(len(kept), 1),
+        repetition=sum(repetition_rate(r.get("completion", "")) for r in kept) / max(len(kept), 1),
     )
     atomic_write_json(folder / "summary.json", {**asdict(result), "accuracy": result.accuracy})
     return result

@@ -372,6 +372,7 @@ def measure_model(
         "sampled_accuracy": sampled.accuracy,
         "mean_length": sampled.mean_length,
         "cut_share": sampled.cut_share,
+        "repetition": sampled.repetition,
         "entropy": None,
         "skewness": None,
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .peak_collapse import peak_and_collapse, render_peak_collapse
 from .study import METRICS, summarize
 
 LABELS = {
@@ -71,6 +72,8 @@ def render_report(results: dict[str, Any]) -> str:
     for name in train_arms:
         for step in dict.fromkeys(s for s in ("10", last) if s in aggregate.get(name, {})):
             lines.append(_row(name, aggregate[name], step))
+    if train_arms:
+        lines += ["", render_peak_collapse(peak_and_collapse(results)).rstrip("\n")]
     for name in train_arms:
         lines += ["", f"**{name}** over the steps:", "", *_header()]
         steps = aggregate.get(name, {})
