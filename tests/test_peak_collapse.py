@@ -59,9 +59,10 @@ def test_each_guard_signal_fires_on_its_own():
     assert none["guard_step"] is None, "thresholds left None are not checked"
 
 
-def test_a_curve_without_its_start_is_refused():
+def test_a_curve_without_its_start_is_refused_and_one_without_the_metric_is_skipped():
     with pytest.raises(ValueError, match="step-0"):
         seed_curve_summary(curve([0.3, 0.2], steps=[2, 4]), "greedy_accuracy", GuardThresholds())
+    assert seed_curve_summary(curve([0.3, 0.2]), "sampled_accuracy", GuardThresholds()) is None
 
 
 def test_spread_over_seeds_and_the_rendered_row():

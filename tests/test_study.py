@@ -177,8 +177,8 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
         if record["arm"] in ("base", "em_ft"):
             histogram = record["logit_histogram"]
             assert len(histogram["edges"]) == len(histogram["counts"]) + 1 and sum(histogram["counts"]) > 0
-    # em_ft rows: the headline, one per step, and one in the temperature table.
-    assert render_report(results).count("\n| em_ft |") == 1 + len(study.steps) + 1
+    # em_ft rows: the headline, one in the peak/collapse table, one per step, and one in the temperature table.
+    assert render_report(results).count("\n| em_ft |") == 1 + 1 + len(study.steps) + 1
     measured = lambda: sorted(p.read_text() for p in [out / "measurements.jsonl", *out.glob("jobs/*.jsonl")])  # noqa: E731
     lines = measured()
 

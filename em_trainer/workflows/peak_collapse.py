@@ -37,12 +37,16 @@ class GuardThresholds:
     max_repetition: float | None = 0.5
 
 
-def seed_curve_summary(curve: list[dict[str, Any]], metric: str, guard: GuardThresholds) -> dict[str, Any]:
-    """Peak, final, collapse and guard stop of one seed's records (any order; step 0 must be among them)."""
+def seed_curve_summary(curve: list[dict[str, Any]], metric: str, guard: GuardThresholds) -> dict[str, Any] | None:
+    """Peak, final, collapse and guard stop of one seed's records (any order; step 0 must be among them).
+
+    None when no record has ``metric`` (nothing to summarise)."""
     points = sorted(curve, key=lambda r: r["step"])
-    if not points or points[0]["step"] != 0:
-        raise ValueError("a curve needs its step-0 measurement (the starting model) to find a collapse")
     values = [(r["step"], r[metric]) for r in points if r.get(metric) is not None]
+    if not values:
+        return None
+    if points[0]["step"] != 0 or values[0][0] != 0:
+        raise ValueError(f"a curve needs its step-0 {metric} (the starting model) to find a collapse")
     start = values[0][1]
     best_step, best = max(values, key=lambda sv: (sv[1], -sv[0]))
     collapse = next((step for step, value in values if step > best_step and value < start), None)
@@ -97,7 +101,8 @@ def peak_and_collapse(
         for record in results["records"]:
             if record["arm"] == arm:
                 by_seed.setdefault(record["seed"], []).append(record)
-        seeds = {seed: seed_curve_summary(curve, metric, guard) for seed, curve in sorted(by_seed.items())}
+        summaries = {seed: seed_curve_summary(curve, metric, guard) for seed, curve in sorted(by_seed.items())}
+        seeds = {seed: summary for seed, summary in summaries.items() if summary is not None}
         if not seeds:
             continue
         rows = list(seeds.values())
