@@ -33,7 +33,9 @@ __all__ = [
     "GrowingCache",
     "GrowingLayer",
     "PackedLinears",
+    "bf16_matmul_supported",
     "cpu_decoding_unavailable",
+    "default_matmul_kernel",
     "matmul_kernel",
 ]
 
@@ -67,6 +69,14 @@ def matmul_kernel(model: Any, enabled: bool, dtype: torch.dtype | None = None) -
         return "aten"
     parameter_dtype = next(model.parameters()).dtype
     return f"onednn-packed-{str(dtype or parameter_dtype).removeprefix('torch.')}"
+
+
+def default_matmul_kernel() -> str:
+    """The kernel an fp32 ``HFGenerator`` with its defaults uses on this machine, known before any model loads (for
+    the identity of results measured later): packed on a CPU with oneDNN, ``"aten"`` where a GPU takes the model."""
+    if torch.cuda.is_available() or not torch.backends.mkldnn.is_available():
+        return "aten"
+    return "onednn-packed-float32"
 
 
 class GrowingLayer(DynamicLayer):

@@ -412,12 +412,15 @@ def measure_model(
 def arm_identities(study: Study) -> dict[str, str]:
     """A fingerprint per arm (and for ``base``) of everything its measurements depend on: the model's identity, the
     steps, the test set, pool and selection settings, the measurement settings, the arm's own entry, and for a
-    training arm its train config file's content and the extra train options. Changing one arm's config leaves the
-    other arms' measurements valid."""
+    training arm its train config file's content and the extra train options, and the kernel the measurements'
+    HF decoding computes with (packed or not: samples may differ by float rounding). Changing one arm's config
+    leaves the other arms' measurements valid."""
+    from ..core.cpu_decoding import default_matmul_kernel
     from ..data.identity import file_digest, fingerprint, model_identity
 
     common = {
         "model": model_identity(study.model),
+        "matmul": default_matmul_kernel(),
         "steps": study.steps,
         "test_size": study.test_size,
         "pool": [study.pool_size, study.pool_seed],
