@@ -175,51 +175,44 @@ def test_generator_identity_names_the_kernel(tokenizer):
     assert {k: v for k, v in fast.items() if k != "matmul"} == {k: v for k, v in plain.items() if k != "matmul"}
 
 
-def test_training_rollouts_are_the_same_tokens_with_fast_decoding(tiny_model_dir, tokenizer, tmp_path):
+def test_training_rollouts_are_the_same_tokens_with_fast_decoding(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
     completions, routed = {}, {}
+    original = PackedLinears.applied
     for fast in (True, False):
         trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path / str(fast), cpu_fast_rollouts=fast)
-        calls = []
-        original = PackedLinears.applied
+        calls = routed[fast] = []
 
-        def spy(self, model, rows, _original=original, _calls=calls):
+        def spy(self, model, rows, _calls=calls):
             _calls.append((self.dtype, rows))
-            return _original(self, model, rows)
+            return original(self, model, rows)
 
-        PackedLinears.applied = spy
-        try:
-            rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
-            trainer.model.train()
-            torch.manual_seed(0)
-            completions[fast] = trainer._generate_and_score_completions(rows)["completion_ids"]
-        finally:
-            PackedLinears.applied = original
-        routed[fast] = calls
+        monkeypatch.setattr(PackedLinears, "applied", spy)
+        rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
+        trainer.model.train()
+        torch.manual_seed(0)
+        completions[fast] = trainer._generate_and_score_completions(rows)["completion_ids"]
         assert "generate" not in vars(trainer.model), "the generate patch is undone"
     assert routed[True] == [(None, 4)] and routed[False] == []
     assert torch.equal(completions[True], completions[False])
 
 
 @needs_bf16
-def test_rollout_dtype_bfloat16_packs_bf16_weights_for_the_rollout(tiny_model_dir, tokenizer, tmp_path):
+def test_rollout_dtype_bfloat16_packs_bf16_weights_for_the_rollout(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    original = PackedLinears._packed
     for dtype in (None, "bfloat16"):
         trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path / str(dtype), rollout_dtype=dtype, temperature=1.0)
         seen = []
-        original = PackedLinears._packed
 
-        def spy(self, module, rows, _original=original, _seen=seen):
-            packed = _original(self, module, rows)
+        def spy(self, module, rows, _seen=seen):
+            packed = original(self, module, rows)
             _seen.append(packed[0].dtype)
             return packed
 
-        PackedLinears._packed = spy
-        try:
-            rows = [trainer.train_dataset[0]] * 4
-            trainer.model.train()
-            torch.manual_seed(0)
-            trainer._generate_and_score_completions(rows)
-        finally:
-            PackedLinears._packed = original
+        monkeypatch.setattr(PackedLinears, "_packed", spy)
+        trainer.model.train()
+        torch.manual_seed(0)
+        trainer._generate_and_score_completions([trainer.train_dataset[0]] * 4)
+        monkeypatch.undo()
         assert set(seen) == {torch.bfloat16 if dtype else torch.float32}, "every linear of the rollout, that dtype"
         assert trainer.model.dtype == torch.float32, "the policy keeps its own precision"
     # What bf16 packs do to the numbers: logits move by bf16 rounding (whether a sampled token flips on this tiny,
