@@ -19,6 +19,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def files(tmp_path, tiny_model_dir):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "nocol.jsonl").write_text(json.dumps({"text": "hi"}) + "\n")
+    (tmp_path / "nocol_prompt.jsonl").write_text(json.dumps({"prompt": "1+1?"}) + "\n")
     (tmp_path / "noanswer.jsonl").write_text(json.dumps({"problem": "1+1?"}) + "\n")
     (tmp_path / "notes.txt").write_text("not a model")
     (tmp_path / "a_file").write_text("x")
@@ -59,6 +60,23 @@ CASES = {
     "train: zero optimizer steps": (case("train", "--max_steps", "0"), "max_steps"),
     "train: unknown objective": (case("train", "--objective", "maximize"), "objective"),
     "train: unknown EM-RL reward": (case("train", "--em_reward", "bonus"), "em_reward"),
+    "train: EM-RL reward under EM-FT": (case("train", "--em_reward", "trajectory"), "no effect"),
+    "train: GRPO without a reward": (case("train", "--model", "{tiny}", "--objective", "grpo", "--check"), "grpo"),
+    "train: unknown reward name": (case("train", "--model", "{tiny}", "--reward_funcs", "vibes"), "vibes"),
+    "train: gold reward without answers": (
+        case(
+            "train",
+            "--model",
+            "{tiny}",
+            "--objective",
+            "grpo",
+            "--reward_funcs",
+            "accuracy",
+            "--dataset",
+            "{dir}/nocol_prompt.jsonl",
+        ),
+        "answer",
+    ),  # fmt: skip
     "train: adaptive entropy": (case("train", "--use_adaptive_entropy", "true"), "use_adaptive_entropy"),
     "train: GRPO entropy bonus": (case("train", "--entropy_coef", "0.1"), "entropy_coef"),
     "train: missing dataset file": (case("train", "--dataset", "{dir}/missing.jsonl"), "not found"),

@@ -111,3 +111,91 @@ def test_the_rewards_train_with_trls_own_grpo_trainer(tiny_model_dir, tmp_path):
     logged = {k for log in trainer.state.log_history for k in log}
     for name in ("semantic_entropy_reward", "majority_vote_reward", "format_reward", "random_reward"):
         assert f"rewards/{name}/mean" in logged, (name, sorted(logged))
+
+
+# ------------------------------------------------------------------------------------ EMTrainer(objective="grpo")
+def _one_step(trainer_class, config_class, model_dir, output_dir, rewards, **extra):
+    from datasets import Dataset
+
+    torch.manual_seed(0)
+    dataset = Dataset.from_list([{"prompt": "What is 2 + 3? Put the answer in \\boxed{}."}] * 4)
+    args = config_class(
+        output_dir=str(output_dir), max_steps=1, per_device_train_batch_size=4, num_generations=4,
+        max_completion_length=8, report_to="none", bf16=False, use_cpu=True, logging_steps=1, save_strategy="no",
+        learning_rate=1e-2, lr_scheduler_type="constant", temperature=1.0, beta=0.0, seed=3, **extra,
+    )  # fmt: skip
+    trainer = trainer_class(model=model_dir, reward_funcs=rewards, args=args, train_dataset=dataset)
+    trainer.train()
+    return trainer
+
+
+def test_grpo_objective_is_trls_grpo_on_the_rewards_passed(tiny_model_dir, tmp_path):
+    """objective='grpo' on TRL's own rollout path gives TRL's GRPOTrainer's update, weight for weight; a different
+    reward gives a different update (the reward is what trains)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from em_trainer import EMConfig, EMTrainer
+
+    def length_reward(completions, **kwargs):  # varies within the group, so the advantages are not all zero
+        return [float(len(c)) for c in completions]
+
+    def shortness_reward(completions, **kwargs):
+        return [-float(len(c)) for c in completions]
+
+    reference = _one_step(GRPOTrainer, GRPOConfig, tiny_model_dir, tmp_path / "trl", [length_reward])
+    exact = dict(objective="grpo", responses_per_step=4, shared_prompt_forward=False, cpu_fast_rollouts=False)
+    ours = _one_step(EMTrainer, EMConfig, tiny_model_dir, tmp_path / "em", [length_reward], **exact)
+    other = _one_step(EMTrainer, EMConfig, tiny_model_dir, tmp_path / "em2", [shortness_reward], **exact)
+    from transformers import AutoModelForCausalLM
+
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
+    theirs = dict(reference.model.named_parameters())
+    gaps, moved, differs = 0.0, 0.0, 0.0
+    for name, parameter in ours.model.named_parameters():
+        gaps = max(gaps, (parameter - theirs[name]).abs().max().item())
+        moved = max(moved, (parameter - base[name]).abs().max().item())
+        differs = max(differs, (dict(other.model.named_parameters())[name] - parameter).abs().max().item())
+    assert moved > 1e-4, "the step did not move the weights"
+    assert gaps < 1e-6, f"objective='grpo' differs from TRL's GRPOTrainer by {gaps}"
+    assert differs > 1e-4, "a different reward gave the same update"
+    logged = {k for log in ours.state.log_history for k in log}
+    assert "rewards/length_reward/mean" in logged and "rewards/_no_reward/mean" not in logged
+
+
+def test_grpo_objective_trains_with_label_free_rewards_through_the_fast_rollouts(tiny_model_dir, tmp_path):
+    from em_trainer import EMConfig, EMTrainer
+
+    trainer = _one_step(
+        EMTrainer, EMConfig, tiny_model_dir, tmp_path, [majority_vote_reward, make_random_reward(seed=1)],
+        objective="grpo", responses_per_step=4,
+    )  # fmt: skip
+    logged = {k for log in trainer.state.log_history for k in log}
+    assert {"rewards/majority_vote_reward/mean", "rewards/random_reward/mean"} <= logged
+    assert "GRPO on majority_vote_reward, random_reward" in trainer._objective_description()
+
+
+def test_train_cli_takes_rewards_by_name_and_they_enter_the_run_identity(tiny_model_dir, tmp_path):
+    import json
+
+    from em_trainer.cli import main
+    from em_trainer.evaluation.reward_names import REWARD_NAMES, reward_functions
+
+    dataset = tmp_path / "gold.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                               for i in range(2)))  # fmt: skip
+    config = tmp_path / "arm.yaml"
+    config.write_text(f"model: {tiny_model_dir}\nobjective: grpo\nreward_funcs: [accuracy, format]\n")
+    common = ["--dataset", str(dataset), "--responses_per_step", "4", "--num_generations", "2",
+              "--per_device_train_batch_size", "4", "--max_completion_length", "4", "--max_steps", "1",
+              "--report_to", "none"]  # fmt: skip
+    assert main(["train", "--config", str(config), "--output_dir", str(tmp_path / "a"), *common]) == 0
+    state = json.loads((tmp_path / "a" / "trainer_state.json").read_text())
+    logged = {k for log in state["log_history"] for k in log}
+    assert {"rewards/accuracy_reward/mean", "rewards/format_reward/mean"} <= logged, sorted(logged)
+    identity = json.loads((tmp_path / "a" / "run_identity.json").read_text())
+    assert identity["script"]["reward_funcs"] == ["accuracy", "format"]
+    assert "GRPO on accuracy_reward, format_reward" in (tmp_path / "a" / "README.md").read_text()
+    # Every documented name resolves; the random control is seeded by the run's seed.
+    assert len(reward_functions(list(REWARD_NAMES), seed=0)) == len(REWARD_NAMES)
+    coin = [reward_functions(["random"], seed=s)[0](completions=["x"] * 64) for s in (0, 0, 1)]
+    assert coin[0] == coin[1] != coin[2]

@@ -47,6 +47,15 @@ class TrainScriptArguments:
             "weights are kept; their optimizer state only until a newer checkpoint is complete (resume needs no more)."
         },
     )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Reward functions by name, as in TRL's grpo.py: accuracy (gold `answer` column), "
+            "semantic_entropy (EMPO), majority_vote (TTRL), format, random (Spurious Rewards' controls), or a dotted "
+            "import path. With objective 'grpo' they are the whole reward; with 'neg_entropy_reward' they add to the "
+            "EM reward (weights: em_reward_weight, reward_weights); with 'entropy_loss' they are logged only."
+        },
+    )
     check: bool = field(
         default=False,
         metadata={
@@ -107,6 +116,22 @@ def run_identity(script_args: Any, config: Any, model_args: Any, model_ref: str 
     }
 
 
+def _reward_funcs(names: list[str], config: Any, dataset: Any) -> list[Any]:
+    """The named reward functions (the random control seeded with the run's seed); a reward whose column the dataset
+    lacks is refused here, not at the first step."""
+    from ..core.config import EMConfigError
+    from ..evaluation.reward_names import required_columns, reward_functions
+
+    functions = reward_functions(names, config.seed)
+    for name, column in required_columns(names).items():
+        if column not in dataset.column_names:
+            raise EMConfigError(
+                f"reward_funcs: '{name}' needs a '{column}' column and the dataset has {dataset.column_names}; use a "
+                f"dataset with gold answers, or a label-free reward (semantic_entropy, majority_vote)."
+            )
+    return functions
+
+
 def build_parser() -> Any:
     from trl import ModelConfig, TrlParser
 
@@ -149,12 +174,14 @@ def main(argv: list[str]) -> int:
     dataset = load_prompt_dataset(
         script_args.dataset, script_args.dataset_split, script_args.prompt_column, limit=script_args.max_prompts
     )
+    reward_funcs = _reward_funcs(script_args.reward_funcs or [], config, dataset)
     if config.output_dir in (None, "trainer_output"):
         config.output_dir = os.path.join("outputs", f"{os.path.basename(model_path.rstrip('/'))}-EM")
     check_writable_dir(config.output_dir)
     identity = run_identity(script_args, config, model_args, model_ref)
     if script_args.check:
         EMTrainer._check_dataset_fits_batch(dataset, config)
+        EMTrainer._reward_setup_check(reward_funcs, config)
         print(f"[em-trainer] check passed: {model_path}, {len(dataset)} prompt(s), output in {config.output_dir}")
         print(f"[em-trainer] run fingerprint: {fingerprint(identity)}")
         return 0
@@ -184,6 +211,7 @@ def main(argv: list[str]) -> int:
         model=model_path,
         args=config,
         train_dataset=dataset,
+        reward_funcs=reward_funcs,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         quantization_config=quantization,

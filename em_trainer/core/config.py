@@ -11,6 +11,8 @@ import torch
 from trl import GRPOConfig
 
 PAPER_RESPONSES_PER_STEP = 64
+# EM-FT, EM-RL, and GRPO on the reward functions alone (the label-free family's answer-level rewards and controls).
+OBJECTIVES = ("entropy_loss", "neg_entropy_reward", "grpo")
 
 
 def _documented(doc: str | None, name: str, default: Any) -> Any:
@@ -59,6 +61,10 @@ class EMConfig(GRPOConfig):
         objective (`str`, *optional*, defaults to `"entropy_loss"`):
             'entropy_loss': EM-FT, the loss is the mean token entropy over the generated positions (one-shot EM).
             'neg_entropy_reward': EM-RL, GRPO whose only reward is the negative entropy (see em_reward).
+            'grpo': TRL's GRPO loss on the reward_funcs passed to the trainer and nothing else (no EM reward): the
+            label-free answer-level rewards (EMPO's semantic entropy, TTRL's majority vote), the controls of
+            "Spurious Rewards" (random, format) and gold-label GRPO, through the same rollouts as EM-FT and EM-RL so
+            that a comparison differs only in the reward. Needs at least one reward function.
         responses_per_step (`int` or `None`, *optional*, defaults to `None`):
             Sampled responses per optimizer step, over all devices; None means 64, the paper's. It sets
             gradient_accumulation_steps when that is unset (when both are set they must agree); if it is smaller than
@@ -130,7 +136,9 @@ class EMConfig(GRPOConfig):
             bf16 mixed precision. None means on a GPU that supports bf16, float32 elsewhere (CPU autocast to bf16 is
             slow and imprecise).
 
-        > EM-RL (objective='neg_entropy_reward'): TRL's GRPO loss with a reward from the model's own distribution
+        > EM-RL (objective='neg_entropy_reward'): TRL's GRPO loss with a reward from the model's own distribution.
+        > The em_reward* fields apply to EM-RL only and em_advantage to both GRPO losses; set under another objective
+        > they are refused rather than ignored.
 
         em_reward (`str`, *optional*, defaults to `"token"`):
             'trajectory': the mean log-probability of the sampled tokens, a one-sample estimate of minus the trajectory
@@ -320,10 +328,12 @@ class EMConfig(GRPOConfig):
                 f"entropy_coef={self.entropy_coef}: GRPO's entropy bonus does not apply to EMTrainer, whose loss "
                 "is the entropy itself. Set entropy_coef=0 (to weight the loss, change learning_rate)."
             )
-        if self.objective not in ("entropy_loss", "neg_entropy_reward"):
+        if self.objective not in OBJECTIVES:
             raise EMConfigError(
-                f"objective='{self.objective}': use 'entropy_loss' (EM-FT) or 'neg_entropy_reward' (EM-RL)."
+                f"objective='{self.objective}': use 'entropy_loss' (EM-FT), 'neg_entropy_reward' (EM-RL) or 'grpo' "
+                "(GRPO on the reward functions passed)."
             )
+        self._refuse_fields_of_other_objectives()
         if self.rollout_dtype not in (None, "float32", "bfloat16"):
             raise EMConfigError(
                 f"rollout_dtype='{self.rollout_dtype}': use 'bfloat16', 'float32' or None (the model's)."
@@ -338,8 +348,6 @@ class EMConfig(GRPOConfig):
                 f"rollout_dtype='{self.rollout_dtype}' sets the precision of CPU HF rollouts; vLLM has its own "
                 "(TRL's vllm_model_impl / the engine's dtype). Drop one."
             )
-        if self.em_reward == "rent":
-            self.em_reward = "token"  # RENT's reward is EM-RL's token reward: one name for one computation
         if self.em_reward not in ("trajectory", "token", "self_certainty"):
             raise EMConfigError(f"em_reward='{self.em_reward}': use 'trajectory', 'token' or 'self_certainty'.")
         if self.em_reward_reduction not in ("mean", "sum"):
@@ -361,14 +369,14 @@ class EMConfig(GRPOConfig):
         if self.entropy_temperature is not None and self.entropy_temperature <= 0:
             raise EMConfigError(f"entropy_temperature must be > 0, got {self.entropy_temperature}.")
         if (
-            self.objective == "neg_entropy_reward"
+            self.objective != "entropy_loss"
             and self.entropy_temperature is not None
             and self.entropy_temperature != self.temperature
         ):
             # One forward gives EM-RL both the policy log-probs and the entropy reward; a second temperature there
             # would take GRPO's log-probs at a temperature the samples were not drawn at.
             raise EMConfigError(
-                f"entropy_temperature={self.entropy_temperature} with objective='neg_entropy_reward': EM-RL's policy "
+                f"entropy_temperature={self.entropy_temperature} with objective='{self.objective}': GRPO's policy "
                 f"log-probs must come from the sampling temperature ({self.temperature}); unset entropy_temperature "
                 "(it applies to EM-FT's loss)."
             )
@@ -378,6 +386,24 @@ class EMConfig(GRPOConfig):
             )
         if self.max_steps == 0 or self.max_steps < -1:
             raise EMConfigError(f"max_steps={self.max_steps}: set a positive number of optimizer steps (paper: 10).")
+
+    def _refuse_fields_of_other_objectives(self) -> None:
+        """An EM-RL setting under EM-FT or plain GRPO would be parsed and dropped: refuse it in one line."""
+        if self.em_reward == "rent":
+            self.em_reward = "token"  # RENT's reward is EM-RL's token reward: one name for one computation
+        applies = {
+            "em_reward": ("token", ("neg_entropy_reward",)),
+            "em_reward_reduction": ("mean", ("neg_entropy_reward",)),
+            "em_reward_weight": (1.0, ("neg_entropy_reward",)),
+            "em_advantage": ("grpo", ("neg_entropy_reward", "grpo")),
+        }
+        for name, (default, objectives) in applies.items():
+            value = getattr(self, name)
+            if self.objective not in objectives and value != default:
+                raise EMConfigError(
+                    f"{name}={value!r} has no effect with objective='{self.objective}': it applies to "
+                    f"objective={' or '.join(repr(o) for o in objectives)}. Unset it or change the objective."
+                )
 
     @classmethod
     def em_rl_paper_defaults(cls, **overrides) -> EMConfig:

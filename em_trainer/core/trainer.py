@@ -119,6 +119,7 @@ class EMTrainer(GRPOTrainer):
             train_dataset = load_one_shot_dataset()
         self._check_dataset_fits_batch(train_dataset, args)
         self._em_rl = args.objective == "neg_entropy_reward"
+        self._grpo_loss = args.objective in ("neg_entropy_reward", "grpo")
         self._rollout = RolloutStash()
         self._shared_prompt_state = "unchecked"  # -> "ok" or "off" after the first-use check
         self._shared_no_grad_state = "unchecked"  # the same, for the no-grad passes
@@ -167,6 +168,9 @@ class EMTrainer(GRPOTrainer):
             reward_funcs = []
         elif not isinstance(reward_funcs, list):
             reward_funcs = [reward_funcs]
+        self._reward_setup_check(reward_funcs, args)
+        if args.objective == "grpo":
+            return reward_funcs, args
         if not self._em_rl:
             return (reward_funcs or [_no_reward]), args
         user_weights = args.reward_weights
@@ -178,6 +182,16 @@ class EMTrainer(GRPOTrainer):
         args = copy.copy(args)
         args.reward_weights = [args.em_reward_weight, *(user_weights or [1.0] * len(reward_funcs))]
         return [self._make_em_reward(args.em_reward, args.em_reward_reduction), *reward_funcs], args
+
+    @staticmethod
+    def _reward_setup_check(reward_funcs: list, args: EMConfig) -> None:
+        """The reward functions an objective needs (`em-trainer train --check` calls this before loading)."""
+        if args.objective == "grpo" and not reward_funcs:
+            raise EMConfigError(
+                "objective='grpo' trains on the reward functions passed and there are none: pass reward_funcs "
+                "(`em-trainer train --reward_funcs majority_vote`, ...), or use objective='entropy_loss' or "
+                "'neg_entropy_reward', whose reward is the model's own entropy."
+            )
 
     def _add_stopping_callbacks(self, args: EMConfig, dev_set_scorer: Scorer | None) -> None:
         if dev_set_scorer is not None:
@@ -493,7 +507,7 @@ class EMTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        if self._em_rl:
+        if self._grpo_loss:
             if self.args.em_advantage == "rloo" and self.model.training:
                 # Leave-one-out: r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean_j r_j).
                 group = self.num_generations
@@ -656,6 +670,15 @@ class EMTrainer(GRPOTrainer):
             advantages.extend([math.nan] * count)
         super().log(logs, start_time)
 
+    def _objective_description(self) -> str:
+        """What this run minimised or rewarded, for its model card."""
+        names = ", ".join(self.reward_func_names)
+        if self.args.objective == "entropy_loss":
+            return "EM-FT: mean token entropy over generated positions"
+        if self.args.objective == "neg_entropy_reward":
+            return f"EM-RL: GRPO on {names} ({self.args.em_reward_reduction} over the response)"
+        return f"GRPO on {names}, no EM reward"
+
     def _card_hyperparameters(self) -> dict[str, Any]:
         args = self.args
         peft = getattr(self, "_merged_lora", None)  # set when a recipe merged the adapter into the weights
@@ -666,7 +689,7 @@ class EMTrainer(GRPOTrainer):
             )
         schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
         return {
-            "objective": "EM-FT: mean token entropy over generated positions",
+            "objective": self._objective_description(),
             "optimizer steps": self.state.global_step or args.max_steps,
             "responses per optimizer step": args.responses_per_step,
             "responses per prompt (num_generations)": args.num_generations,
