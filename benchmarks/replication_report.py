@@ -1,7 +1,7 @@
 """Write the study's tables into docs/results.md (and its plots into docs/img/) from benchmarks/results/*.json.
 
-    python benchmarks/replication_report.py   # after `em-trainer study --config .../study.yaml [--quick]`
-                                              # and `python benchmarks/ordering.py`
+    python benchmarks/replication_report.py   # after `em-trainer study --config .../study.yaml [--quick]` (the
+                                              # replication and the label-free study), `python benchmarks/ordering.py`
 
 The tables are rendered by em_trainer.workflows.study_report; tests/test_results_doc.py checks the page against the
 JSON, so an edited number or a rerun without regenerating fails the suite.
@@ -19,9 +19,10 @@ DOC = ROOT / "docs" / "results.md"
 
 
 def result_files() -> dict[str, Path]:
-    """The results that docs/results.md shows: the study's (full and quick) and the ordering runs'."""
+    """The results that docs/results.md shows: the two studies' (full and quick) and the ordering runs'."""
     folder = ROOT / "benchmarks" / "results"
-    return {path.stem: path for path in sorted([*folder.glob("replication*.json"), *folder.glob("ordering.json")])}
+    studies = [*folder.glob("replication*.json"), *folder.glob("label_free*.json")]
+    return {path.stem: path for path in sorted([*studies, *folder.glob("ordering.json")])}
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
         results = json.loads(path.read_text(encoding="utf-8"))
         document = embed(document, name, render(name, results))
         print(f"{path.name}: tables embedded")
-        if name.startswith("replication"):
+        if name.startswith(("replication", "label_free")):
             for plot, draw in (
                 ("", plot_study),
                 ("_temperature", plot_temperature),
