@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from peft import LoraConfig
@@ -110,3 +112,26 @@ def test_shared_equals_plain_on_smollm2(smollm2_dir, tokenizer, tmp_path):
     trainer = make_trainer(smollm2_dir, tokenizer, tmp_path)
     batch = rollout_batch(trainer, tokenizer)
     assert_same(trainer, batch)
+
+
+@pytest.mark.parametrize("kind", ["spread", "one row", "one vector"])
+def test_gradient_sketch_estimates_the_gap_computed_from_the_full_tensors(kind):
+    """The projections' mean squared difference against ||a - b|| summed entry by entry in float64."""
+    from em_trainer.core.shared_prompt import gradient_sketch
+
+    torch.manual_seed(0)
+    a = [torch.randn(64, 48), torch.randn(48), torch.randn(200, 16), torch.randn(8, 4, 6)]
+    b = [t.clone() for t in a]
+    if kind == "spread":
+        b = [t + 1e-3 * torch.randn_like(t) for t in a]
+    elif kind == "one row":
+        b[2][7] += 0.05
+    else:
+        b[1] += 0.05
+    reference = math.sqrt(sum(float((x.double() - y.double()).pow(2).sum()) for x, y in zip(a, b, strict=True)))
+    norm_a, sketch_a = gradient_sketch(tuple(a))
+    _, sketch_b = gradient_sketch(tuple(b))
+    estimate = float((sketch_a - sketch_b).pow(2).mean().sqrt())
+    assert float(norm_a) == pytest.approx(math.sqrt(sum(float(x.double().pow(2).sum()) for x in a)), rel=1e-9)
+    assert 0.5 * reference < estimate < 1.5 * reference, (estimate, reference)
+    assert float((gradient_sketch(tuple(a))[1] - sketch_a).abs().max()) == 0.0, "the same directions every time"

@@ -112,21 +112,33 @@ def masked_mean_gap(values: torch.Tensor, reference: torch.Tensor, mask: torch.T
     return float((ours - theirs).abs() / theirs.abs().clamp(min=1e-8))
 
 
-def gradient_sketch(grads: tuple[torch.Tensor | None, ...], projections: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradient's norm and its projections on fixed random sign vectors (seeded per tensor), all in float64.
+def gradient_sketch(
+    grads: tuple[torch.Tensor | None, ...], projections: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient's norm and its projections on fixed random sign directions (seeded per tensor), summed in float64.
 
-    For two gradients sketched alike, ``mean((proj_a - proj_b) ** 2)`` is an unbiased estimate of ``||a - b||^2``
-    (the sign vectors have unit-variance entries), at the memory of one tensor at a time.
+    Each tensor is seen as a matrix ``G`` (rows x the rest) and projected on rank-one sign patterns ``r c^T`` with
+    independent Rademacher vectors ``r`` and ``c``: ``r^T G c``. Since ``E[r_i r_k c_j c_l] = [i=k][j=l]``, for two
+    gradients sketched alike ``mean((proj_a - proj_b) ** 2)`` is an unbiased estimate of ``||a - b||^2``, as with a
+    full sign vector, but it draws rows + columns random signs instead of one per entry and costs one matrix-vector
+    product per tensor (SmolLM2-135M: about a second for two sketches of 16 projections, against about 30 s for 4
+    full-length sign vectors, which made the first step of every EM-FT run that much slower).
     """
     norm_sq = torch.zeros((), dtype=torch.float64)
     sketch = torch.zeros(projections, dtype=torch.float64)
     for index, grad in enumerate(grads):
         if grad is None:
             continue
-        flat = grad.detach().flatten().double().cpu()
-        norm_sq += flat.pow(2).sum()
+        matrix = grad.detach().float().cpu()
+        matrix = matrix.reshape(matrix.shape[0], -1) if matrix.dim() >= 2 else matrix.reshape(1, -1)
+        norm_sq += torch.linalg.vector_norm(matrix, dtype=torch.float64).pow(2)
         generator = torch.Generator().manual_seed(index)
-        for k in range(projections):
-            signs = torch.randint(0, 2, flat.shape, generator=generator, dtype=torch.int8).double().mul_(2).sub_(1)
-            sketch[k] += flat @ signs
+        rows = _signs((projections, matrix.shape[0]), generator)
+        columns = _signs((matrix.shape[1], projections), generator)
+        # float32 products: their rounding (~1e-7 of the norm) is far below the check's tolerance (1e-3).
+        sketch += (rows.double() * (matrix @ columns).double().T).sum(dim=1)
     return norm_sq.sqrt(), sketch
+
+
+def _signs(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).float().mul_(2).sub_(1)

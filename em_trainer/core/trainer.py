@@ -581,7 +581,7 @@ class EMTrainer(GRPOTrainer):
     def _check_shared_prompt(self, model: torch.nn.Module, inputs: dict[str, Any]) -> str | None:
         """First use in a run: the shared path must give the plain path's loss and gradient on this micro-batch.
 
-        The gradients are compared through random projections (4 Rademacher directions per parameter tensor, the
+        The gradients are compared through random projections (16 rank-one sign patterns per parameter tensor, the
         same for both paths), which estimate ``||g_shared - g_plain||`` without holding two copies of the gradient.
         """
         model = self.accelerator.unwrap_model(model)  # gradients taken here must not trigger DDP's reducer
