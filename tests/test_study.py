@@ -202,3 +202,21 @@ def test_save_at_steps_rejects_bad_steps(text, message):
     with pytest.raises(EMConfigError, match=message):
         _steps(text)
     assert _steps("2, 4,10") == [2, 4, 10]
+
+
+def test_arms_measured_under_their_settings_are_not_checked_again(tmp_path, monkeypatch):
+    from em_trainer.workflows import study as study_module
+    from em_trainer.workflows.study import Measurements, arm_identities, check_training_arms
+
+    study = load_study(STUDY, quick=True, output_dir=str(tmp_path))
+    seen = []
+    monkeypatch.setattr(study_module, "check_runs", lambda checks, labels=None: seen.append(labels) or [])
+    measurements = Measurements(tmp_path / "measurements.jsonl", arm_identities(study))
+    for seed in range(study.seeds):
+        for step in study.steps[1:]:
+            measurements.add({"arm": "em_ft", "seed": seed, "step": step})
+    measurements.add({"arm": "em_rl_token", "seed": 0, "step": study.steps[-1]})  # one seed of two: not finished
+    check_training_arms(study, tmp_path / "pool.jsonl", measurements)
+    assert [label.split(" ")[0] for label in seen[0]] == ["arms.em_rl_token", "arms.em_rl_trajectory"]
+    check_training_arms(study, tmp_path / "pool.jsonl")
+    assert len(seen[1]) == 3, "without measurements every arm is checked"

@@ -72,3 +72,31 @@ def test_sweep_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count(": training") == 1 and "done, kept" not in printed
     assert len(list(out.glob("learning_rate=1e-2-*"))) == 2
+
+
+def test_check_runs_keeps_order_runs_side_by_side_and_names_the_first_failure(monkeypatch):
+    import time
+
+    from em_trainer.workflows import sweep
+    from em_trainer.workflows.sweep import Run, SweepError, check_runs
+
+    running, most = set(), []
+
+    def fake_check(run, config, directory, extra, save_steps):
+        running.add(config)
+        most.append(len(running))
+        time.sleep(0.2)
+        running.discard(config)
+        if config.startswith("bad"):
+            raise SweepError(f"{config} would fail")
+        return f"fp-{config}"
+
+    monkeypatch.setattr(sweep, "check_run", fake_check)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 2)
+    checks = [(Run((), 0), name, None, [], None) for name in ("a", "b", "c")]
+    assert check_runs(checks) == ["fp-a", "fp-b", "fp-c"]
+    assert max(most) == 2, "two at a time on two cores"
+    bad = [(Run((), 0), name, None, [], None) for name in ("a", "bad-1", "bad-2")]
+    with pytest.raises(SweepError, match=r"^arm b: bad-1 would fail$"):
+        check_runs(bad, ["arm a", "arm b", "arm c"])
+    assert check_runs([]) == []

