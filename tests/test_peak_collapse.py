@@ -84,3 +84,15 @@ def test_spread_over_seeds_and_the_rendered_row():
     assert arm["best_steps"] == [5, 5, 0] and arm["collapse_steps"] == [10, None, 5] and arm["collapsed_seeds"] == 2
     table = render_peak_collapse(report)
     assert "| em_ft | 23.3 ± 5.8 | 33.3 ± 5.8 | 5, 5, 0 | 21.7 ± 10.4 | 10, none, 5 | 2/3 |" in table
+
+
+def test_a_seed_not_measured_at_every_step_is_left_out():
+    records = [{"arm": "em_ft", "seed": 0, **row} for row in curve([0.2, 0.4, 0.1], steps=[0, 5, 10])]
+    records += [{"arm": "em_ft", "seed": 1, **row} for row in curve([0.2], steps=[0])]  # still training
+    results = {"study": {"steps": [0, 5, 10], "arms": {"em_ft": {"kind": "train"}}}, "records": records}
+    arm = peak_and_collapse(results)["arms"]["em_ft"]
+    assert list(arm["seeds"]) == [0] and arm["unfinished_seeds"] == [1]
+    assert arm["best_steps"] == [5] and arm["final"]["mean"] == pytest.approx(0.1)
+    assert "Left out, not yet measured at every step: seeds em_ft: 1." in render_peak_collapse(
+        peak_and_collapse(results)
+    )

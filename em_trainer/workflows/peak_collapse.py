@@ -92,8 +92,12 @@ def _below(record: dict[str, Any], start: dict[str, Any], key: str, fraction: fl
 def peak_and_collapse(
     results: dict[str, Any], metric: str = "greedy_accuracy", guard: GuardThresholds | None = None
 ) -> dict[str, Any]:
-    """Per training arm: each seed's summary and the spread over seeds (a study's results JSON in, a dict out)."""
+    """Per training arm: each seed's summary and the spread over seeds (a study's results JSON in, a dict out).
+
+    A seed enters only once every step the study measures is measured for it: a seed still training would show its
+    step 0 as its peak and its final accuracy. ``unfinished_seeds`` lists the seeds left out."""
     guard = guard or GuardThresholds()
+    planned = set(results["study"].get("steps") or [])
     arms = [name for name, arm in results["study"]["arms"].items() if arm["kind"] == "train"]
     report: dict[str, Any] = {"metric": metric, "guard": asdict(guard), "arms": {}}
     for arm in arms:
@@ -101,13 +105,19 @@ def peak_and_collapse(
         for record in results["records"]:
             if record["arm"] == arm:
                 by_seed.setdefault(record["seed"], []).append(record)
-        summaries = {seed: seed_curve_summary(curve, metric, guard) for seed, curve in sorted(by_seed.items())}
+        unfinished = sorted(seed for seed, curve in by_seed.items() if not planned <= {r["step"] for r in curve})
+        summaries = {
+            seed: seed_curve_summary(curve, metric, guard)
+            for seed, curve in sorted(by_seed.items())
+            if seed not in unfinished
+        }
         seeds = {seed: summary for seed, summary in summaries.items() if summary is not None}
         if not seeds:
             continue
         rows = list(seeds.values())
         report["arms"][arm] = {
             "seeds": seeds,
+            "unfinished_seeds": unfinished,
             "start": summarize([r["start"] for r in rows]),
             "best": summarize([r["best"] for r in rows]),
             "final": summarize([r["final"] for r in rows]),
@@ -146,4 +156,8 @@ def render_peak_collapse(report: dict[str, Any]) -> str:
             f"{_pct(row['final'])} | {_steps(row['collapse_steps'])} | {row['collapsed_seeds']}/{len(row['seeds'])} "
             f"| {_steps(row['guard_steps'])} | {_steps(row['guard_minus_peak'])} |"
         )
+    unfinished = {arm: row["unfinished_seeds"] for arm, row in report["arms"].items() if row.get("unfinished_seeds")}
+    if unfinished:
+        left = "; ".join(f"{arm}: {', '.join(map(str, seeds))}" for arm, seeds in unfinished.items())
+        lines += ["", f"Left out, not yet measured at every step: seeds {left}."]
     return "\n".join(lines) + "\n"
