@@ -500,6 +500,7 @@ def check_training_arms(study: Study, dataset: Path, measurements: Measurements 
         name: arm
         for name, arm in study.training_arms.items()
         if measurements is None
+        or not saved  # a study without training steps still refuses a bad arm config
         or not all(measurements.get(name, seed, step) for seed in range(study.seeds) for step in saved)
     }
     checks = [(Run((), 0), arm["config"], study.output_dir / "runs" / name / "seed-0",
