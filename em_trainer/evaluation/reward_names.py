@@ -13,13 +13,13 @@ from typing import Any
 from .label_free_rewards import format_reward, majority_vote_reward, make_random_reward, semantic_entropy_reward
 from .rewards import accuracy_reward
 
-# name -> (what it rewards, the dataset column it needs or None)
-REWARD_NAMES: dict[str, tuple[str, str | None]] = {
-    "accuracy": ("1 when the answer verifies against the row's gold `answer` (math-verify)", "answer"),
-    "semantic_entropy": ("the share of the group whose answer is equivalent (EMPO)", None),
-    "majority_vote": ("1 when the answer equals the group's majority answer (TTRL)", None),
-    "format": ("1 when the completion has a non-empty \\boxed{} (Spurious Rewards' control)", None),
-    "random": ("1 with probability 0.5, independent of the text, seeded (Spurious Rewards' control)", None),
+# name -> (the function, built with the run's seed; the dataset column it needs, or None)
+REWARD_NAMES: dict[str, tuple[Callable[[int], Callable[..., Any]], str | None]] = {
+    "accuracy": (lambda seed: accuracy_reward, "answer"),  # gold answer, math-verify
+    "semantic_entropy": (lambda seed: semantic_entropy_reward, None),  # EMPO
+    "majority_vote": (lambda seed: majority_vote_reward, None),  # TTRL
+    "format": (lambda seed: format_reward, None),  # Spurious Rewards' control
+    "random": (lambda seed: make_random_reward(seed=seed), None),  # Spurious Rewards' control, seeded
 }
 
 
@@ -33,16 +33,8 @@ def reward_functions(names: list[str], seed: int) -> list[Callable[..., Any]]:
         raise RewardNameError(f"reward_funcs={names} names a reward twice; weight it with reward_weights instead.")
     functions = []
     for name in names:
-        if name == "accuracy":
-            functions.append(accuracy_reward)
-        elif name == "semantic_entropy":
-            functions.append(semantic_entropy_reward)
-        elif name == "majority_vote":
-            functions.append(majority_vote_reward)
-        elif name == "format":
-            functions.append(format_reward)
-        elif name == "random":
-            functions.append(make_random_reward(seed=seed))
+        if name in REWARD_NAMES:
+            functions.append(REWARD_NAMES[name][0](seed))
         elif "." in name:
             functions.append(_imported(name))
         else:

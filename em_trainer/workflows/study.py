@@ -490,18 +490,22 @@ def _train_extra(study: Study, dataset: Path, arm: dict[str, Any]) -> list[str]:
     return [*extra, "--save_at_steps", saved, "--report_to", "none", *study.train_args, *arm.get("train_args", [])]
 
 
+def job_measured(study: Study, measurements: Measurements, name: str, seed: int) -> bool:
+    """Whether the (arm, seed) job has every training step measured under its current settings."""
+    return all(measurements.get(name, seed, step) for step in study.steps if step > 0)
+
+
 def check_training_arms(study: Study, dataset: Path, measurements: Measurements | None = None) -> None:
     """``em-trainer train --check`` for every training arm before ``select`` and the first measurement: a bad value
     in an arm's config stops the study in seconds instead of after the base model's measurements. The checks run
     side by side (:func:`~em_trainer.workflows.sweep.check_runs`); an arm whose every job is already measured under
     its current settings has nothing left to run and is not checked again."""
-    saved = [step for step in study.steps if step > 0]
     arms = {
         name: arm
         for name, arm in study.training_arms.items()
         if measurements is None
-        or not saved  # a study without training steps still refuses a bad arm config
-        or not all(measurements.get(name, seed, step) for seed in range(study.seeds) for step in saved)
+        or study.max_step == 0  # a study without training steps still refuses a bad arm config
+        or not all(job_measured(study, measurements, name, seed) for seed in range(study.seeds))
     }
     checks = [(Run((), 0), arm["config"], study.output_dir / "runs" / name / "seed-0",
                _train_extra(study, dataset, arm), None) for name, arm in arms.items()]  # fmt: skip
@@ -520,7 +524,7 @@ def run_training_arm(study: Study, name: str, arm: dict[str, Any], dataset: Path
     """Train one seed of an arm (``em-trainer train`` via the sweep's runner), measure its checkpoints, drop them."""
     saved = [step for step in study.steps if step > 0]
     directory = study.output_dir / "runs" / name / f"seed-{seed}"
-    if all(measurements.get(name, seed, step) for step in saved):
+    if job_measured(study, measurements, name, seed):
         return
     marker = directory / RUN_MARKER
     key = measurements.keys[name]
@@ -695,8 +699,7 @@ def run_study(
     else:
         dataset = prepare_study(study, log)
     measured = Measurements(study.output_dir / "measurements.jsonl", arm_identities(study))
-    saved = [step for step in study.steps if step > 0]
-    pairs = [(arm, seed) for arm, seed in requested if not all(measured.get(arm, seed, step) for step in saved)]
+    pairs = [(arm, seed) for arm, seed in requested if not job_measured(study, measured, arm, seed)]
     if len(pairs) < len(requested):
         log(f"[study] {len(requested) - len(pairs)} of {len(requested)} training job(s) done, kept", flush=True)
     if executor is None or executor.executor == "serial":
