@@ -3,8 +3,8 @@
 # peft, no registry): wheels of TRL, datasets and their dependencies, and the SmolLM2 tokenizer files, in
 # gpu_check_assets/ (ignored by git; the device run carries it: run(..., carry=["gpu_check_assets"])).
 # The device run then does:
-#   pip install --no-deps --no-index gpu_check_assets/wheels/*.whl && pip install --no-deps -e . &&
-#   python benchmarks/gpu_check.py --output benchmarks/results/gpu_check.json
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site gpu_check_assets/wheels/*.whl &&
+#   PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu_check.py --output benchmarks/results/gpu_check.json
 # The carried folder may hold 64 MiB with the working tree: datasets 4.7.0 (TRL 1.16's lowest) takes pyarrow 21
 # (41 MB) where datasets 5.2 needs pyarrow 24 (54 MB); math-verify and gguf are left out (the check imports neither).
 set -eu

@@ -135,3 +135,45 @@ def test_gradient_sketch_estimates_the_gap_computed_from_the_full_tensors(kind):
     assert float(norm_a) == pytest.approx(math.sqrt(sum(float(x.double().pow(2).sum()) for x in a)), rel=1e-9)
     assert 0.5 * reference < estimate < 1.5 * reference, (estimate, reference)
     assert float((gradient_sketch(tuple(a))[1] - sketch_a).abs().max()) == 0.0, "the same directions every time"
+
+
+def test_check_tolerances_follow_the_compute_precision():
+    from em_trainer.core.shared_prompt import check_tolerances
+
+    assert check_tolerances(torch.float32) == (1e-4, 1e-3)
+    assert check_tolerances(torch.bfloat16) == (4 * 2**-7, 32 * 2**-7)
+    assert check_tolerances(torch.float16) == (4 * 2**-10, 32 * 2**-10)
+
+
+def wrong_prefix(trainer):
+    """A grouping regression: every row continues another row's prompt."""
+    original = trainer._shared_logps_and_entropies
+
+    def broken(model, inputs):
+        flipped = {**inputs, "prompt_ids": inputs["prompt_ids"].flip(0), "prompt_mask": inputs["prompt_mask"].flip(0)}
+        return original(model, flipped)
+
+    return broken
+
+
+@pytest.mark.parametrize("model", ["tiny", "smollm2"])
+def test_bf16_check_keeps_the_shared_path_and_still_refuses_a_wrong_prefix(
+    model, tiny_model_dir, smollm2_dir, tokenizer, tmp_path, monkeypatch, request
+):
+    """bf16 rounding alone parts the two paths by more than float32's tolerance (it switched the shared path off on
+    every bf16 run, the GPU check found); a real error still parts them by far more than bf16's."""
+    if model == "smollm2":
+        request.applymarker(pytest.mark.slow)
+    path = tiny_model_dir if model == "tiny" else smollm2_dir
+    trainer = make_trainer(path, tokenizer, tmp_path, model_init_kwargs={"dtype": "bfloat16"})
+    batch = rollout_batch(trainer, tokenizer)
+    trainer.compute_loss(trainer.model, batch)
+    check = trainer.shared_prompt_check
+    assert check["compute_dtype"] == "bfloat16" and check["grad_tolerance"] == 0.25
+    assert trainer._shared_prompt_state == "ok", check
+    broken = make_trainer(path, tokenizer, tmp_path / "b", model_init_kwargs={"dtype": "bfloat16"})
+    monkeypatch.setattr(broken, "_shared_logps_and_entropies", wrong_prefix(broken))
+    broken.compute_loss(broken.model, rollout_batch(broken, tokenizer))
+    assert broken._shared_prompt_state == "off"
+    assert broken.shared_prompt_check["grad_relative_gap"] > 2 * broken.shared_prompt_check["grad_tolerance"]
+    print(model, check, broken.shared_prompt_check)

@@ -112,6 +112,25 @@ def masked_mean_gap(values: torch.Tensor, reference: torch.Tensor, mask: torch.T
     return float((ours - theirs).abs() / theirs.abs().clamp(min=1e-8))
 
 
+# Float32 agrees to ~1e-7 (loss) and ~3e-5 (gradient), so 1e-4 and 1e-3 leave room and nothing else.
+FLOAT32_LOSS_TOLERANCE = 1e-4
+FLOAT32_GRAD_TOLERANCE = 1e-3
+
+
+def check_tolerances(compute_dtype: torch.dtype) -> tuple[float, float]:
+    """The first-use check's relative (loss, gradient) tolerances for a forward computed in ``compute_dtype``.
+
+    Two bf16 computations of the same loss in a different order part by bf16 rounding, not by a bug: on SmolLM2-135M
+    (CPU) the shared and plain paths parted by 1.1e-2 (loss) and 9.2e-2 (gradient), less than the plain bf16 path
+    parts from float32 (0.13); on an H200 (Qwen2.5-1.5B shape, bf16) by 1.4e-6 and 1.1e-2. A float32 tolerance
+    (1e-3) switched the shared path off on every bf16 run. Real errors stay far above: a prompt attached to the wrong
+    rows or one prompt token masked part the gradients by 0.9-1.1 in bf16 as in float32. Half precision therefore
+    gets ``4 eps`` (loss) and ``32 eps`` (gradient): 3.1e-2 and 0.25 for bf16, 3.9e-3 and 3.1e-2 for fp16.
+    """
+    eps = torch.finfo(compute_dtype).eps if compute_dtype.is_floating_point else 0.0
+    return max(FLOAT32_LOSS_TOLERANCE, 4 * eps), max(FLOAT32_GRAD_TOLERANCE, 32 * eps)
+
+
 def gradient_sketch(
     grads: tuple[torch.Tensor | None, ...], projections: int = 16
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,14 +148,17 @@ def gradient_sketch(
     for index, grad in enumerate(grads):
         if grad is None:
             continue
-        matrix = grad.detach().float().cpu()
+        # The product runs where the gradient is (a 1.5B-parameter model's gradient is 6 GB in float32, slow to
+        # copy to the CPU and to multiply there); only rows x projections numbers come back.
+        matrix = grad.detach().float()
         matrix = matrix.reshape(matrix.shape[0], -1) if matrix.dim() >= 2 else matrix.reshape(1, -1)
-        norm_sq += torch.linalg.vector_norm(matrix, dtype=torch.float64).pow(2)
-        generator = torch.Generator().manual_seed(index)
+        wide = torch.float32 if matrix.device.type == "mps" else torch.float64  # MPS has no float64
+        norm_sq += torch.linalg.vector_norm(matrix, dtype=wide).double().cpu().pow(2)
+        generator = torch.Generator().manual_seed(index)  # CPU draws: the same signs on every device
         rows = _signs((projections, matrix.shape[0]), generator)
-        columns = _signs((matrix.shape[1], projections), generator)
+        columns = _signs((matrix.shape[1], projections), generator).to(matrix.device)
         # float32 products: their rounding (~1e-7 of the norm) is far below the check's tolerance (1e-3).
-        sketch += (rows.double() * (matrix @ columns).double().T).sum(dim=1)
+        sketch += (rows.double() * (matrix @ columns).double().cpu().T).sum(dim=1)
     return norm_sq.sqrt(), sketch
 
 

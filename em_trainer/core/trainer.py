@@ -7,6 +7,7 @@ import copy
 import functools
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,6 +37,7 @@ from .objectives import (
 from .rollout import PolicyForward, RolloutStash
 from .shared_prefill import generate_with_shared_prefill
 from .shared_prompt import (
+    check_tolerances,
     gradient_sketch,
     masked_mean_gap,
     repeated_rows,
@@ -55,9 +57,6 @@ _EXTRA_MODEL_INPUTS = (
     "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
     "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
 )  # fmt: skip
-# First-use check of the shared-prompt forward against the plain one (float32 on CPU agrees to ~1e-7).
-SHARED_PROMPT_LOSS_TOLERANCE = 1e-4
-SHARED_PROMPT_GRAD_TOLERANCE = 1e-3
 logger = logging.get_logger(__name__)
 _REWARD_KEYS = ("reward", "reward_std", "frac_reward_zero_std")
 
@@ -398,7 +397,7 @@ class EMTrainer(GRPOTrainer):
             gap = masked_mean_gap(logps, plain_logps, mask)
             if entropies is not None and plain_entropies is not None:
                 gap = max(gap, masked_mean_gap(entropies, plain_entropies, mask))
-            if gap > SHARED_PROMPT_LOSS_TOLERANCE:
+            if gap > check_tolerances(self._compute_dtype(model))[0]:
                 self._shared_no_grad_state = "off"
                 logger.warning(
                     "em-trainer: no-grad passes stay plain: the shared-prompt pass disagreed with the plain one "
@@ -578,6 +577,13 @@ class EMTrainer(GRPOTrainer):
             return self._plain_logps_and_entropies(model, inputs)  # nothing shared: the plain path is as fast
         return self._shared_logps_and_entropies(model, inputs)
 
+    def _compute_dtype(self, model: torch.nn.Module) -> torch.dtype:
+        """The precision the forward runs in: the weights', or bf16/fp16 when mixed precision autocasts to it."""
+        weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        candidates = [weights] + [half for on, half in ((self.args.bf16, torch.bfloat16),
+                                                         (self.args.fp16, torch.float16)) if on]  # fmt: skip
+        return max(candidates, key=lambda dtype: torch.finfo(dtype).eps)
+
     def _check_shared_prompt(self, model: torch.nn.Module, inputs: dict[str, Any]) -> str | None:
         """First use in a run: the shared path must give the plain path's loss and gradient on this micro-batch.
 
@@ -586,6 +592,7 @@ class EMTrainer(GRPOTrainer):
         """
         model = self.accelerator.unwrap_model(model)  # gradients taken here must not trigger DDP's reducer
         params = [p for p in model.parameters() if p.requires_grad]
+        started = time.perf_counter()
         results = []
         try:
             for compute in (self._plain_logps_and_entropies, self._shared_logps_and_entropies):
@@ -600,8 +607,14 @@ class EMTrainer(GRPOTrainer):
         (plain_loss, (plain_norm, plain_proj)), (shared_loss, (_, shared_proj)) = results
         loss_gap = float((shared_loss - plain_loss).abs() / plain_loss.abs().clamp(min=1e-8))
         grad_gap = float((shared_proj - plain_proj).pow(2).mean().sqrt() / plain_norm.clamp(min=1e-12))
-        self.shared_prompt_check = {"loss_relative_gap": loss_gap, "grad_relative_gap": grad_gap}
-        if loss_gap > SHARED_PROMPT_LOSS_TOLERANCE or grad_gap > SHARED_PROMPT_GRAD_TOLERANCE:
+        dtype = self._compute_dtype(model)
+        loss_tolerance, grad_tolerance = check_tolerances(dtype)
+        self.shared_prompt_check = {
+            "loss_relative_gap": loss_gap, "grad_relative_gap": grad_gap, "compute_dtype": str(dtype).split(".")[-1],
+            "loss_tolerance": loss_tolerance, "grad_tolerance": grad_tolerance,
+            "seconds": round(time.perf_counter() - started, 3),
+        }  # fmt: skip
+        if loss_gap > loss_tolerance or grad_gap > grad_tolerance:
             self._shared_prompt_state = "off"
             return (
                 f"it disagreed with the plain path on the first micro-batch (loss gap {loss_gap:.2e}, gradient gap "
