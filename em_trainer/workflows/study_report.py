@@ -62,7 +62,9 @@ def render_report(results: dict[str, Any]) -> str:
         f"{study['pool_size']} problems (seed {study['pool_seed']}), disjoint from the test set. Selected training "
         f"prompt: “{text}”. Cells: mean ± standard deviation over seeds [min, max].",
         "",
-        "**Every arm** (training arms at the paper's step 10 and at the last step):",
+        "**Every arm** (training arms at the paper's step 10 and at the last step):"
+        if 10 in study["steps"] and max(study["steps"]) != 10
+        else f"**Every arm** (training arms at the last step, {max(study['steps'])}):",
         "",
         *_header(),
     ]
