@@ -108,7 +108,8 @@ def pytest_itemcollected(item):
 
 # The longest tests, started first under pytest-xdist so that the other worker fills the time around them (run last,
 # the quick study alone kept one worker busy for minutes after the other had finished).
-LONGEST_FIRST = ("test_study.py", "test_executors.py", "test_vllm.py", "test_fault_injection.py", "test_real_model.py")
+LONGEST_FIRST = ("test_study.py", "test_label_free_study.py", "test_executors.py", "test_vllm.py",
+                 "test_fault_injection.py", "test_real_model.py")
 
 
 def pytest_collection_modifyitems(config, items):

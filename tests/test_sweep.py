@@ -74,29 +74,29 @@ def test_sweep_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys):
     assert len(list(out.glob("learning_rate=1e-2-*"))) == 2
 
 
-def test_check_runs_keeps_order_runs_side_by_side_and_names_the_first_failure(monkeypatch):
-    import time
+def test_check_runs_in_one_process_give_each_runs_own_check_and_name_the_first_failure(tiny_model_dir, tmp_path,
+                                                                                         capsys):
+    """All checks in one process: each fingerprint equals what that run's own `em-trainer train --check` prints, in
+    order, and the first failing check (not a later one) is reported with its label and train's own message."""
+    import re
 
-    from em_trainer.workflows import sweep
     from em_trainer.workflows.sweep import Run, SweepError, check_runs
 
-    running, most = set(), []
-
-    def fake_check(run, config, directory, extra, save_steps):
-        running.add(config)
-        most.append(len(running))
-        time.sleep(0.2)
-        running.discard(config)
-        if config.startswith("bad"):
-            raise SweepError(f"{config} would fail")
-        return f"fp-{config}"
-
-    monkeypatch.setattr(sweep, "check_run", fake_check)
-    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 2)
-    checks = [(Run((), 0), name, None, [], None) for name in ("a", "b", "c")]
-    assert check_runs(checks) == ["fp-a", "fp-b", "fp-c"]
-    assert max(most) == 2, "two at a time on two cores"
-    bad = [(Run((), 0), name, None, [], None) for name in ("a", "bad-1", "bad-2")]
-    with pytest.raises(SweepError, match=r"^arm b: bad-1 would fail$"):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {tiny_model_dir}\nresponses_per_step: 2\nper_device_train_batch_size: 2\n"
+                      "max_completion_length: 4\nmax_steps: 1\nreport_to: none\n")  # fmt: skip
+    runs = [Run((("learning_rate", lr),), seed) for lr, seed in (("1e-3", 0), ("2e-3", 0), ("1e-3", 1))]
+    checks = [(run, str(config), tmp_path / f"run{i}", [], None) for i, run in enumerate(runs)]
+    reference = []
+    for run, _, directory, _, _ in checks:
+        argv = ["train", "--config", str(config), "--seed", str(run.seed), "--output_dir", str(directory),
+                "--learning_rate", run.point[0][1], "--check"]  # fmt: skip
+        assert main(argv) == 0
+        reference.append(re.search(r"run fingerprint: (\w+)", capsys.readouterr().out).group(1))
+    assert reference[0] != reference[1] and reference[0] == reference[2], "the point's, not the seed's (seed-N/)"
+    assert check_runs(checks) == reference
+    bad = [checks[0], (Run((("temperature", "0"),), 0), str(config), tmp_path / "b", [], None),
+           (Run((("max_steps", "-5"),), 0), str(config), tmp_path / "c", [], None)]  # fmt: skip
+    with pytest.raises(SweepError, match=r"^arm b: run temperature=0 seed 0 would fail: em-trainer train: error:"):
         check_runs(bad, ["arm a", "arm b", "arm c"])
     assert check_runs([]) == []
