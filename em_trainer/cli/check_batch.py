@@ -25,7 +25,8 @@ def run_checks(argvs: list[list[str]]) -> list[dict[str, object]]:
             try:
                 code = main(argv)
             except Exception as error:  # noqa: BLE001 - reported as that check's failure, the others still run
-                code, _ = 1, print(f"em-trainer train: error: {type(error).__name__}: {error}", file=sys.stderr)
+                print(f"em-trainer train: error: {type(error).__name__}: {error}", file=sys.stderr)
+                code = 1
         results.append({"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
     return results
 
