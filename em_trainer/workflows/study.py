@@ -498,7 +498,7 @@ def job_measured(study: Study, measurements: Measurements, name: str, seed: int)
 def check_training_arms(study: Study, dataset: Path, measurements: Measurements | None = None) -> None:
     """``em-trainer train --check`` for every training arm before ``select`` and the first measurement: a bad value
     in an arm's config stops the study in seconds instead of after the base model's measurements. The checks run
-    side by side (:func:`~em_trainer.workflows.sweep.check_runs`); an arm whose every job is already measured under
+    in one process (:func:`~em_trainer.workflows.sweep.check_runs`); an arm whose every job is already measured under
     its current settings has nothing left to run and is not checked again."""
     arms = {
         name: arm

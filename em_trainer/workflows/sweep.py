@@ -82,19 +82,16 @@ def _train_arguments(run: Run, config: str, directory: Path, extra: list[str], s
     return arguments + extra
 
 
-def check_run(run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None = None) -> str:
-    """``em-trainer train --check`` with this run's options: a bad value stops the sweep before its first run
-    trains, with train's own one-line message. Returns the run's fingerprint (its resolved config's)."""
-    return check_runs([(run, config, directory, extra, save_steps)])[0]
-
-
 def check_runs(
     checks: list[tuple[Run, str, Path, list[str], int | None]], labels: list[str] | None = None
 ) -> list[str]:
-    """:func:`check_run` for several runs, all in one process (``python -m em_trainer.cli.check_batch``): a check
-    takes milliseconds and a process start-up with its imports seconds, so a study's 8 arm checks cost one start-up
-    instead of 8 (about 9 s instead of 36 s side by side on two cores). The fingerprints come in order; the first
-    check (in order) that failed raises its error, prefixed with its label."""
+    """``em-trainer train --check`` with each run's options: a bad value stops the sweep or study before its first
+    run trains, with train's own one-line message. Returns each run's fingerprint (its resolved config's), in order;
+    the first check (in order) that failed raises its error, prefixed with its label.
+
+    All checks run in one process (``python -m em_trainer.cli.check_batch``): a check takes milliseconds and a
+    process start-up with its imports seconds, so a study's 8 arm checks cost one start-up instead of 8 (about 9 s
+    instead of 36 s side by side on two cores)."""
     if not checks:
         return []
     argvs = [[*_train_arguments(*check), "--check"] for check in checks]
