@@ -81,3 +81,54 @@ def test_every_emconfig_field_is_documented_once_with_its_help():
         stated = re.search(rf"^ {{8}}{f.name} \(`[^\n]*defaults to `(.*)`\):$", EMConfig.__doc__, re.M).group(1)
         assert ast.literal_eval(stated) == f.default, f"{f.name}: docstring default {stated} != {f.default!r}"
     assert " s per step" not in EMConfig.__doc__ and "step_time" not in EMConfig.__doc__  # no timings
+
+
+PACKAGES = ("em_trainer", "em_trainer.core", "em_trainer.data", "em_trainer.decoding", "em_trainer.evaluation")
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_package_exports_resolve_on_first_use_to_their_modules_objects(name):
+    import importlib
+
+    package = importlib.import_module(name)
+    assert sorted(package.__all__) == sorted(package._EXPORTS), "__all__ and the lazy table name the same exports"
+    for export, module in package._EXPORTS.items():
+        assert getattr(package, export) is getattr(importlib.import_module(module, name), export), export
+        assert export in dir(package)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        package.nope  # noqa: B018
+
+
+def test_a_process_that_only_schedules_or_measures_does_not_import_trl():
+    """The verbs and modules a study or sweep starts many times (the coordinator, a submitit job unpickling its
+    function, the measurement job, eval, select, the checks' runner) import neither TRL's trainers nor vLLM: each
+    import of them costs seconds of start-up, paid again by every process. Only training imports them."""
+    code = (
+        "import sys, em_trainer, em_trainer.workflows.executors, em_trainer.workflows.study, em_trainer.cli.study, "
+        "em_trainer.cli.sweep, em_trainer.cli.eval, em_trainer.cli.select, em_trainer.cli.generate, "
+        "em_trainer.cli.check_batch, em_trainer.cli.train\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('trl.trainer', 'trl.generation', 'vllm', 'peft'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def test_every_error_class_of_ours_is_one_the_cli_reports_in_one_line():
+    """cli/common.USER_ERRORS names only ValueError, ImportError and OSError so that it imports nothing: each error
+    class of ours must subclass one of them, or the command would print a traceback for bad input."""
+    import importlib
+    import pkgutil
+
+    import em_trainer
+    from em_trainer.cli.common import USER_ERRORS
+
+    classes = set()
+    for info in pkgutil.walk_packages(em_trainer.__path__, "em_trainer."):
+        if ".sandbox_programs" in info.name or info.name.endswith("__main__"):
+            continue  # the sandbox's programs run only inside the sandbox; __main__ runs the CLI
+        module = importlib.import_module(info.name)
+        classes |= {v for v in vars(module).values() if isinstance(v, type) and issubclass(v, BaseException)
+                    and v.__module__ == info.name}  # fmt: skip
+    assert len(classes) >= 12, sorted(c.__name__ for c in classes)
+    assert [c.__name__ for c in classes if not issubclass(c, USER_ERRORS)] == []
