@@ -127,7 +127,12 @@ def test_every_error_class_of_ours_is_one_the_cli_reports_in_one_line():
     for info in pkgutil.walk_packages(em_trainer.__path__, "em_trainer."):
         if ".sandbox_programs" in info.name or info.name.endswith("__main__"):
             continue  # the sandbox's programs run only inside the sandbox; __main__ runs the CLI
-        module = importlib.import_module(info.name)
+        try:
+            module = importlib.import_module(info.name)
+        except ModuleNotFoundError as missing:  # decoding.vllm_em_inf imports vLLM, which .venv does not have
+            if (missing.name or "").split(".")[0] != "vllm":
+                raise
+            continue
         classes |= {v for v in vars(module).values() if isinstance(v, type) and issubclass(v, BaseException)
                     and v.__module__ == info.name}  # fmt: skip
     assert len(classes) >= 12, sorted(c.__name__ for c in classes)
