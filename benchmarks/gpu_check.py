@@ -157,7 +157,7 @@ def em_step(model_path: str, shape: dict[str, int], steps: int, bf16: bool, peft
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     return {"seconds_per_step": clock.times, "peak_gib": peak_gib(), "losses": losses,
-            "shared_prompt_check": trainer.shared_prompt_check}  # fmt: skip
+            "shared_prompt_check": trainer.shared_prompt.check}  # fmt: skip
 
 
 def trl_step(model_path: str, shape: dict[str, int], steps: int, bf16: bool) -> dict[str, Any]:

@@ -218,7 +218,8 @@ def run_variant(variant: str, steps: int, responses: int, completion_len: int) -
         if breakdown["generation_s"] is not None and breakdown["loss_forward_s"] is not None:
             breakdown["backward_and_optimizer_s"] = statistics.median(measured) - sum(breakdown.values())
     seconds = statistics.median(measured)
-    shared = variant in ("a", "a-trlgen", "a-bf16") and getattr(trainer, "_shared_prompt_state", None) == "ok"
+    policy = getattr(trainer, "shared_prompt", None)
+    shared = variant in ("a", "a-trlgen", "a-bf16") and getattr(policy, "state", None) == "on"
     flops = step_flops(model, prompt_len, responses, completion_len, checkpointing, shared)
     return {
         "variant": variant,

@@ -70,7 +70,7 @@ def test_reward_reuses_trls_old_logprob_pass(tiny_model_dir, tokenizer, tmp_path
         tiny_model_dir, tokenizer, tmp_path, objective="neg_entropy_reward", em_reward="token", num_iterations=2
     )
     assert trainer._trl_computes_old_logps
-    trainer._shared_no_grad_state = "ok"  # its one-time check against the plain pass would add two forwards
+    trainer.shared_prompt.state = "on"  # its one-time check against the plain pass would add forwards
     calls = []
     original = trainer.model.forward
 

@@ -83,7 +83,15 @@ def test_random_reward_is_reproducible_independent_of_the_text_and_near_gamma():
     reward = make_random_reward(seed=1, gamma=0.5)
     texts = [f"completion {i}" for i in range(2000)]
     first = reward(texts, trainer_state=State())
-    assert first == reward(["x"] * 2000, trainer_state=State()), "the text never changes it"
+    assert first == make_random_reward(seed=1)(["x"] * 2000, trainer_state=State()), "the text never changes it"
+    # A second generation batch in the same optimizer step draws new coins; a fresh run replays the same sequence.
+    second = reward(texts, trainer_state=State())
+    assert second != first
+    replay = make_random_reward(seed=1)
+    assert [replay(texts, trainer_state=State()), replay(texts, trainer_state=State())] == [first, second]
+    State.global_step = 4
+    assert reward(texts, trainer_state=State())[:50] == make_random_reward(seed=1)(texts, trainer_state=State())[:50]
+    State.global_step = 3
     assert first != make_random_reward(seed=2)(texts, trainer_state=State())
     mean = sum(first) / len(first)
     assert abs(mean - 0.5) < 4 * math.sqrt(0.25 / len(first))

@@ -116,7 +116,7 @@ def test_loss_and_gradient_match_full_logits(
         ours += loss.item()
     our_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     # The default shared-prompt forward is what is checked here (top_entropy_quantile < 1 takes the plain path).
-    assert trainer._shared_prompt_state == ("ok" if top_entropy_quantile == 1.0 else "unchecked")
+    assert trainer.shared_prompt.state == ("on" if top_entropy_quantile == 1.0 else "unchecked")
 
     temperature = entropy_temperature or trainer.args.temperature
     model.zero_grad()

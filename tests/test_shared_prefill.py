@@ -106,7 +106,7 @@ def test_no_grad_passes_share_the_prompt_and_match_plain(tiny_model_dir, tokeniz
         rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
         trainer.model.train()
         batches[shared] = trainer._generate_and_score_completions(rows)
-        assert trainer._shared_no_grad_state == ("ok" if shared else "unchecked")
+        assert trainer.shared_prompt.state == ("on" if shared else "off")
     key = "ref_per_token_logps" if "beta" in overrides else "old_per_token_logps"
     mask = batches[False]["completion_mask"].bool()
     assert torch.allclose(batches[True][key][mask], batches[False][key][mask], atol=1e-5, rtol=1e-5)
@@ -122,7 +122,7 @@ def test_em_rl_reward_pass_is_shared(tiny_model_dir, tokenizer, tmp_path, monkey
     inject_generate(trainer, scripted_completions(tokenizer))
     trainer.model.train()
     trainer._generate_and_score_completions([trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2)
-    assert calls and trainer._shared_no_grad_state == "ok"
+    assert calls and trainer.shared_prompt.state == "on"
 
 
 def test_a_disagreeing_no_grad_pass_falls_back_and_says_why(tiny_model_dir, tokenizer, tmp_path, monkeypatch, caplog):
@@ -139,8 +139,8 @@ def test_a_disagreeing_no_grad_pass_falls_back_and_says_why(tiny_model_dir, toke
     rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
     with caplog.at_level(logging.WARNING):
         batch = trainer._generate_and_score_completions(rows)
-    assert trainer._shared_no_grad_state == "off"
-    assert "disagreed with the plain one" in caplog.text
+    assert trainer.shared_prompt.state == "off"
+    assert "disagreed with the plain path" in caplog.text
     with torch.no_grad():
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
         mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)

@@ -82,9 +82,9 @@ def test_training_uses_the_shared_path_after_its_check(tiny_model_dir, tokenizer
     trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, max_steps=1)
     batch = rollout_batch(trainer, tokenizer)
     trainer.compute_loss(trainer.model, batch)
-    assert trainer._shared_prompt_state == "ok"
-    assert trainer.shared_prompt_check["loss_relative_gap"] < 1e-6
-    assert trainer.shared_prompt_check["grad_relative_gap"] < 1e-5
+    assert trainer.shared_prompt.state == "on"
+    assert trainer.shared_prompt.check["loss_relative_gap"] < 1e-6
+    assert trainer.shared_prompt.check["grad_relative_gap"] < 1e-5
 
 
 def test_a_disagreeing_shared_path_falls_back_and_says_why(tiny_model_dir, tokenizer, tmp_path, monkeypatch, caplog):
@@ -99,7 +99,7 @@ def test_a_disagreeing_shared_path_falls_back_and_says_why(tiny_model_dir, token
     monkeypatch.setattr(trainer, "_shared_logps_and_entropies", broken)
     with caplog.at_level("INFO"):
         loss = trainer.compute_loss(trainer.model, batch)
-    assert trainer._shared_prompt_state == "off"
+    assert trainer.shared_prompt.state == "off"
     assert any("disagreed with the plain path" in r.getMessage() for r in caplog.records)
     trainer2 = make_trainer(tiny_model_dir, tokenizer, tmp_path / "b", shared_prompt_forward=False)
     trainer2.current_gradient_accumulation_steps = 1
@@ -168,12 +168,12 @@ def test_bf16_check_keeps_the_shared_path_and_still_refuses_a_wrong_prefix(
     trainer = make_trainer(path, tokenizer, tmp_path, model_init_kwargs={"dtype": "bfloat16"})
     batch = rollout_batch(trainer, tokenizer)
     trainer.compute_loss(trainer.model, batch)
-    check = trainer.shared_prompt_check
+    check = trainer.shared_prompt.check
     assert check["compute_dtype"] == "bfloat16" and check["grad_tolerance"] == 0.25
-    assert trainer._shared_prompt_state == "ok", check
+    assert trainer.shared_prompt.state == "on", check
     broken = make_trainer(path, tokenizer, tmp_path / "b", model_init_kwargs={"dtype": "bfloat16"})
     monkeypatch.setattr(broken, "_shared_logps_and_entropies", wrong_prefix(broken))
     broken.compute_loss(broken.model, rollout_batch(broken, tokenizer))
-    assert broken._shared_prompt_state == "off"
-    assert broken.shared_prompt_check["grad_relative_gap"] > 2 * broken.shared_prompt_check["grad_tolerance"]
-    print(model, check, broken.shared_prompt_check)
+    assert broken.shared_prompt.state == "off"
+    assert broken.shared_prompt.check["grad_relative_gap"] > 2 * broken.shared_prompt.check["grad_tolerance"]
+    print(model, check, broken.shared_prompt.check)

@@ -33,6 +33,7 @@ def test_trl_call_order(tiny_model_dir, tokenizer, tmp_path):
             tiny_model_dir, tokenizer, tmp_path / str(num_iterations), objective="neg_entropy_reward",
             num_iterations=num_iterations,
         )  # fmt: skip
+        trainer.shared_prompt.state = "on"  # its first-use check calls the plain pass too: not TRL's order
         log: list[str] = []
         _record_calls(trainer, log)
         batch, _, _ = rollout(trainer, tokenizer)

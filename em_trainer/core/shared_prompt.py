@@ -105,13 +105,6 @@ def shared_prompt_logps_and_entropies(
     return outputs.log_probs, outputs.entropy
 
 
-def masked_mean_gap(values: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> float:
-    """Relative gap between the masked means of two per-token tensors (a masking error moves the mean)."""
-    total = mask.sum().clamp(min=1)
-    ours, theirs = (values * mask).sum() / total, (reference * mask).sum() / total
-    return float((ours - theirs).abs() / theirs.abs().clamp(min=1e-8))
-
-
 # Float32 agrees to ~1e-7 (loss) and ~3e-5 (gradient), so 1e-4 and 1e-3 leave room and nothing else.
 FLOAT32_LOSS_TOLERANCE = 1e-4
 FLOAT32_GRAD_TOLERANCE = 1e-3

@@ -36,13 +36,8 @@ from .objectives import (
 )
 from .rollout import PolicyForward, RolloutStash
 from .shared_prefill import generate_with_shared_prefill
-from .shared_prompt import (
-    check_tolerances,
-    gradient_sketch,
-    masked_mean_gap,
-    repeated_rows,
-    shared_prompt_logps_and_entropies,
-)
+from .shared_prompt import check_tolerances, gradient_sketch, repeated_rows, shared_prompt_logps_and_entropies
+from .shared_prompt_policy import ABSTAIN, CHECK_ROWS, CHECK_TOKENS, SharedPromptPolicy, check_slice, relative_gap
 from .vllm_cpu_sync import keep_linear_weights, repack_after_sync, vllm_runs_on_cpu
 
 
@@ -120,16 +115,14 @@ class EMTrainer(GRPOTrainer):
         self._em_rl = args.objective == "neg_entropy_reward"
         self._grpo_loss = args.objective in ("neg_entropy_reward", "grpo")
         self._rollout = RolloutStash()
-        self._shared_prompt_state = "unchecked"  # -> "ok" or "off" after the first-use check
-        self._shared_no_grad_state = "unchecked"  # the same, for the no-grad passes
-        self._shared_prompt_reasons: set[str] = set()
-        self.shared_prompt_check: dict[str, float] | None = None
         reward_funcs, args = self._reward_setup(reward_funcs, args)
         self._has_placeholder_reward = reward_funcs == [_no_reward]
 
         with self._vllm_engine_build_context(args):
             super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
         self._route_weight_sync_through_cpu_repack()
+        #: The shared-prompt forward's state for this run (core/shared_prompt_policy): its decision, why, its check.
+        self.shared_prompt = SharedPromptPolicy(self._shared_prompt_run_reason())
         self._check_rollout_dtype(args)
 
         if isinstance(self.train_dataset, Dataset):
@@ -376,37 +369,21 @@ class EMTrainer(GRPOTrainer):
     def _scored_forward(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs
     ):
-        """TRL's per-token pass; without gradients (old log-probs, reference, EM-RL reward), prompts shared.
-
-        The first shared no-grad pass of a run is checked against TRL's plain one (mean log-prob and entropy over
-        the completion tokens); if they part, the run stays on the plain path and says why.
-        """
+        """TRL's per-token pass; without gradients (old log-probs, reference, EM-RL reward), prompts shared where the
+        run's shared-prompt policy allows."""
         prompt_length = input_ids.size(1) - logits_to_keep
-
-        def plain(with_entropy: bool = compute_entropy):
-            return super(EMTrainer, self)._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size, with_entropy, **kwargs
-            )
-
-        if torch.is_grad_enabled() or self._shared_no_grad_unusable(input_ids[:, :prompt_length], kwargs):
-            return plain()
-        logps, entropies = self._shared_no_grad(model, input_ids, attention_mask, prompt_length, batch_size)
-        if self._shared_no_grad_state == "unchecked":
-            plain_logps, plain_entropies, _ = plain(entropies is not None)
-            mask = attention_mask[:, prompt_length:]
-            gap = masked_mean_gap(logps, plain_logps, mask)
-            if entropies is not None and plain_entropies is not None:
-                gap = max(gap, masked_mean_gap(entropies, plain_entropies, mask))
-            if gap > check_tolerances(self._compute_dtype(model))[0]:
-                self._shared_no_grad_state = "off"
-                logger.warning(
-                    "em-trainer: no-grad passes stay plain: the shared-prompt pass disagreed with the plain one "
-                    "(relative gap %.2e); please report this with your model and transformers version.",
-                    gap,
-                )
-                return plain_logps, plain_entropies if compute_entropy else None, None
-            self._shared_no_grad_state = "ok"
-        return logps, entropies if compute_entropy else None, None
+        if not torch.is_grad_enabled():
+            inputs = {
+                "prompt_ids": input_ids[:, :prompt_length], "prompt_mask": attention_mask[:, :prompt_length],
+                "completion_ids": input_ids[:, prompt_length:], "completion_mask": attention_mask[:, prompt_length:],
+            }  # fmt: skip
+            other_inputs = any(value is not None and value is not False for value in kwargs.values())
+            if self._use_shared_prompt(inputs, other_inputs):
+                logps, entropies = self._shared_no_grad(model, input_ids, attention_mask, prompt_length, batch_size)
+                return logps, entropies if compute_entropy else None, None
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
+        )
 
     def _without_checkpointing(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
         """A context in which ``model`` runs without gradient checkpointing (the shared prompt's pass)."""
@@ -433,19 +410,6 @@ class EMTrainer(GRPOTrainer):
             entropies.append(chunk[1])
         # A head patched for log-probs only (TRL's reference model) gives no entropies.
         return torch.cat(logps), None if entropies[0] is None else torch.cat(entropies)
-
-    def _shared_no_grad_unusable(self, prompt_ids: torch.Tensor, kwargs: dict[str, Any]) -> str | None:
-        if not self.args.shared_prompt_forward or self._shared_no_grad_state == "off":
-            return "shared_prompt_forward=False or its check failed"
-        if any(value is not None and value is not False for value in kwargs.values()):
-            return "multimodal or auxiliary-loss inputs"
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            return "FSDP/DeepSpeed"
-        if prompt_ids.size(1) < 2:
-            return "one-token prompts"
-        if not repeated_rows(prompt_ids):
-            return "no prompt repeats"
-        return None
 
     def _rollout_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The current rollout as one padded batch: input ids, attention mask, completion ids and completion mask
@@ -543,39 +507,44 @@ class EMTrainer(GRPOTrainer):
             )
         return logps, entropies, None
 
-    def _shared_prompt_unusable(self, inputs: dict[str, Any]) -> str | None:
-        """Why the shared-prompt forward cannot run on this micro-batch (None: it can)."""
+    def _shared_prompt_run_reason(self) -> str | None:
+        """Why the shared-prompt forward is off for the whole run (None: it may run, once checked)."""
         if not self.args.shared_prompt_forward:
             return "shared_prompt_forward=False"
-        if any(inputs.get(key) is not None for key in _EXTRA_MODEL_INPUTS):
-            return "multimodal or token-type inputs"
         if self.aux_loss_enabled:
             return "a mixture-of-experts auxiliary loss"
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            return "FSDP/DeepSpeed (the prompt pass would bypass their sharded forward)"
-        if inputs["prompt_ids"].size(1) < 2:
-            return "one-token prompts"
+            # The prompt pass calls the model's body directly, outside the root module that FSDP/DeepSpeed gather
+            # the sharded parameters for.
+            return "FSDP/DeepSpeed (the prompt pass would bypass the engine's sharded forward; not supported yet)"
+        return None
+
+    def _use_shared_prompt(self, inputs: dict[str, Any], other_inputs: bool, loss_reason: str | None = None) -> bool:
+        """The one predicate: whether this pass runs through the shared-prompt forward (checked on first use)."""
+        policy = self.shared_prompt
+        if policy.state == "unchecked" and loss_reason is None:
+            # Every process reaches this point at the same pass, so all take part in the decision.
+            local = policy.batch_reason(inputs["prompt_ids"], other_inputs)
+            self._check_shared_prompt(None if local is not None else inputs)
+        reason = policy.batch_reason(inputs["prompt_ids"], other_inputs, loss_reason)
+        if reason is not None:
+            if policy.first_time(reason):
+                logger.info("em-trainer: plain forward (shared-prompt forward off: %s).", reason)
+            return False
+        # Without a repeated prompt there is nothing to share, and the plain path is as fast.
+        return policy.state == "on" and repeated_rows(inputs["prompt_ids"])
+
+    def _per_token_logps_and_entropies(self, model: torch.nn.Module, inputs: dict[str, Any]):
+        """The EM-FT loss's per-token statistics: through the shared-prompt forward where the policy allows."""
+        other_inputs = self.aux_loss_enabled or any(inputs.get(key) is not None for key in _EXTRA_MODEL_INPUTS)
+        loss_reason = None
         if self.top_entropy_quantile < 1.0:
             # The high-entropy selection thresholds exact ties (rows that share a prefix); the shared path agrees to
             # ~1e-6, which is enough to flip a tie, so the selected tokens could differ from the plain path's.
-            return "top_entropy_quantile < 1 (its tie-sensitive token selection)"
-        return None
-
-    def _per_token_logps_and_entropies(self, model: torch.nn.Module, inputs: dict[str, Any]):
-        """The EM-FT loss's per-token statistics: through the shared-prompt forward where it applies and agrees."""
-        reason = self._shared_prompt_unusable(inputs)
-        if reason is None and self._shared_prompt_state == "unchecked":
-            reason = self._check_shared_prompt(model, inputs)
-        if reason is not None:
-            if reason not in self._shared_prompt_reasons:
-                self._shared_prompt_reasons.add(reason)
-                logger.info("em-trainer: plain training forward (shared-prompt forward off: %s).", reason)
-            return self._plain_logps_and_entropies(model, inputs)
-        if self._shared_prompt_state != "ok":
-            return self._plain_logps_and_entropies(model, inputs)
-        if not repeated_rows(inputs["prompt_ids"]):
-            return self._plain_logps_and_entropies(model, inputs)  # nothing shared: the plain path is as fast
-        return self._shared_logps_and_entropies(model, inputs)
+            loss_reason = "top_entropy_quantile < 1 (its tie-sensitive token selection)"
+        if self._use_shared_prompt(inputs, other_inputs, loss_reason):
+            return self._shared_logps_and_entropies(model, inputs)
+        return self._plain_logps_and_entropies(model, inputs)
 
     def _compute_dtype(self, model: torch.nn.Module) -> torch.dtype:
         """The precision the forward runs in: the weights', or bf16/fp16 when mixed precision autocasts to it."""
@@ -584,44 +553,74 @@ class EMTrainer(GRPOTrainer):
                                                          (self.args.fp16, torch.float16)) if on]  # fmt: skip
         return max(candidates, key=lambda dtype: torch.finfo(dtype).eps)
 
-    def _check_shared_prompt(self, model: torch.nn.Module, inputs: dict[str, Any]) -> str | None:
-        """First use in a run: the shared path must give the plain path's loss and gradient on this micro-batch.
+    def _check_shared_prompt(self, inputs: dict[str, Any] | None) -> None:
+        """First use in a run: on a slice of this micro-batch, the shared path must give the plain path's loss, mean
+        log-prob and gradient; every process's outcome counts (``inputs=None``: this process abstains).
 
         The gradients are compared through random projections (16 rank-one sign patterns per parameter tensor, the
         same for both paths), which estimate ``||g_shared - g_plain||`` without holding two copies of the gradient.
         """
-        model = self.accelerator.unwrap_model(model)  # gradients taken here must not trigger DDP's reducer
+        from accelerate.utils import gather_object
+
+        if self.accelerator.is_main_process:
+            logger.warning(
+                "em-trainer: checking the shared-prompt forward against the plain one on a slice of the first "
+                "micro-batch (%d rows x %d tokens at most; once per run).", CHECK_ROWS, CHECK_TOKENS,
+            )  # fmt: skip
+        outcome = ABSTAIN if inputs is None else self._shared_prompt_check_outcome(check_slice(inputs))
+        self.shared_prompt.decide(gather_object([outcome]))
+        if not self.accelerator.is_main_process:
+            return
+        if self.shared_prompt.state == "on":
+            check = self.shared_prompt.check or {}
+            logger.warning(
+                "em-trainer: shared-prompt forward on (loss gap %.1e, gradient gap %.1e, checked in %.1f s).",
+                check.get("loss_relative_gap", 0.0), check.get("grad_relative_gap", 0.0), check.get("seconds", 0.0),
+            )  # fmt: skip
+        elif self.shared_prompt.state == "off":
+            logger.warning("em-trainer: shared-prompt forward off: %s.", self.shared_prompt.reason)
+
+    def _shared_prompt_check_outcome(self, inputs: dict[str, Any]) -> str | None:
+        """None when the two paths agree on ``inputs``, else why the shared path must stay off."""
+        model = self.accelerator.unwrap_model(self.model)  # gradients taken here must not trigger DDP's reducer
         params = [p for p in model.parameters() if p.requires_grad]
+        mask = inputs["completion_mask"]
         started = time.perf_counter()
         results = []
         try:
-            for compute in (self._plain_logps_and_entropies, self._shared_logps_and_entropies):
-                _, entropies, _ = compute(model, inputs)
-                loss = (entropies * inputs["completion_mask"]).sum() / inputs["completion_mask"].sum().clamp(min=1)
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                results.append((loss.detach(), gradient_sketch(grads)))
-                del grads
-        except Exception as error:  # a model whose backbone does not take a KV cache this way: fall back, say why
-            self._shared_prompt_state = "off"
+            with torch.enable_grad():  # the first use may be a no-grad pass (TRL's old log-probs, the EM reward)
+                for compute in (self._plain_logps_and_entropies, self._shared_logps_and_entropies):
+                    logps, entropies, _ = compute(model, inputs)
+                    total = mask.sum().clamp(min=1)
+                    loss = (entropies * mask).sum() / total
+                    mean_logp = (logps.detach() * mask).sum() / total
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                    results.append((loss.detach(), mean_logp, gradient_sketch(grads)))
+                    del grads, logps, entropies, loss
+        except Exception as error:  # noqa: BLE001 - every failure is reported, by kind
+            if isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error):
+                return (
+                    f"out of memory in its first-use check ({type(error).__name__}); the plain path needs less "
+                    "memory for this check, not for training: lower per_device_train_batch_size, or set "
+                    "shared_prompt_forward=False to skip the check"
+                )
             return f"the model does not support it ({type(error).__name__}: {error})"
-        (plain_loss, (plain_norm, plain_proj)), (shared_loss, (_, shared_proj)) = results
-        loss_gap = float((shared_loss - plain_loss).abs() / plain_loss.abs().clamp(min=1e-8))
+        (plain_loss, plain_logp, (plain_norm, plain_proj)), (shared_loss, shared_logp, (_, shared_proj)) = results
+        loss_gap = max(relative_gap(shared_loss, plain_loss), relative_gap(shared_logp, plain_logp))
         grad_gap = float((shared_proj - plain_proj).pow(2).mean().sqrt() / plain_norm.clamp(min=1e-12))
         dtype = self._compute_dtype(model)
         loss_tolerance, grad_tolerance = check_tolerances(dtype)
-        self.shared_prompt_check = {
+        self.shared_prompt.check = {
             "loss_relative_gap": loss_gap, "grad_relative_gap": grad_gap, "compute_dtype": str(dtype).split(".")[-1],
             "loss_tolerance": loss_tolerance, "grad_tolerance": grad_tolerance,
+            "rows": int(mask.size(0)), "tokens": int(mask.size(1)),
             "seconds": round(time.perf_counter() - started, 3),
         }  # fmt: skip
         if loss_gap > loss_tolerance or grad_gap > grad_tolerance:
-            self._shared_prompt_state = "off"
             return (
                 f"it disagreed with the plain path on the first micro-batch (loss gap {loss_gap:.2e}, gradient gap "
                 f"{grad_gap:.2e}); please report this with your model and transformers version"
             )
-        self._shared_prompt_state = "ok"
-        logger.info("em-trainer: shared-prompt forward on (loss gap %.1e, gradient gap %.1e).", loss_gap, grad_gap)
         return None
 
     def _entropy_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:

@@ -56,7 +56,7 @@ def main() -> None:
     trainer.current_gradient_accumulation_steps = 1
     loss = trainer.compute_loss(ddp_model, batch)
     loss.backward()
-    assert trainer._shared_prompt_state == "ok", "the shared-prompt forward ran (and passed its check) under DDP"
+    assert trainer.shared_prompt.state == "on", "the shared-prompt forward ran (and passed its check) under DDP"
     grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
 
     # Reference in one process: the same initial weights, both ranks' rows, full logits, one global mean.
