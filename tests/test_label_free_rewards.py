@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from em_trainer.core.objectives import self_certainty_from_logits
+from em_trainer.core.objectives import self_certainty_from_hidden, self_certainty_from_logits
 from em_trainer.evaluation.label_free_rewards import (
     format_reward,
     majority_vote_reward,
@@ -32,6 +32,24 @@ def test_self_certainty_is_the_kl_from_uniform_computed_in_float64():
     assert torch.allclose(self_certainty_from_logits(torch.zeros(2, 7)), torch.zeros(2), atol=1e-6), "uniform: 0"
     peaked = torch.tensor([[20.0, 0, 0, 0]])
     assert self_certainty_from_logits(peaked) > self_certainty_from_logits(torch.tensor([[2.0, 0, 0, 0]]))
+
+
+@pytest.mark.parametrize("scale, softcap", [(1.0, None), (0.5, 3.0)])
+def test_self_certainty_from_hidden_states_matches_full_logits_in_chunks(scale, softcap):
+    """The trainer's path: hidden states through the head a few rows at a time, scaled and soft-capped as the model's
+    own head; against the full logits' self-certainty, and with chunks that do not divide the rows."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=True)
+    hidden = torch.randn(3, 7, 8) * 3
+    logits = head(hidden) * scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    want = self_certainty_from_logits(logits, 0.7)
+    with torch.no_grad():
+        got = self_certainty_from_hidden(hidden, head, 0.7, scale, softcap, chunk_size=4)
+    assert got.shape == (3, 7)
+    torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
+    assert self_certainty_from_hidden(hidden[:0], head).shape == (0, 7)
 
 
 def test_semantic_entropy_reward_is_each_answers_cluster_share_per_prompt():

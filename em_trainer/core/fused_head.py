@@ -48,3 +48,19 @@ def patch_entropy_temperature(model: Any, temperature: float, cast_lm_head_to_fp
         cast_lm_head_to_fp32=cast_lm_head_to_fp32,
         outputs=("log_probs", "entropy") if with_entropy else ("log_probs",),
     )
+
+
+def head_logit_transform(config: Any) -> tuple[float, float | None]:
+    """The ``(logit_scale, final_logit_softcapping)`` a model applies after its LM head, read from its config as TRL's
+    ``add_fused_lm_head`` reads them (a computation that projects hidden states itself must apply them too)."""
+    text_config = config.get_text_config()
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    scale = getattr(text_config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(text_config, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(text_config, "lm_head_multiplier", None)
+    if scale is None and getattr(text_config, "logits_scaling", None) is not None:
+        scaling = text_config.logits_scaling
+        scale = scaling if text_config.model_type == "hyperclovax" else 1 / scaling
+    return (1.0 if scale is None else float(scale)), softcap

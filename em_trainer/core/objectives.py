@@ -6,6 +6,8 @@ an independent computation from full logits (see ``tests/test_objectives.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -93,3 +95,31 @@ def self_certainty_from_logits(logits: torch.Tensor, temperature: float = 1.0) -
     log_p = torch.log_softmax(logits.float() / temperature, dim=-1)
     vocab = logits.shape[-1]
     return -log_p.mean(dim=-1) - torch.log(torch.tensor(float(vocab), device=logits.device))
+
+
+def self_certainty_from_hidden(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    temperature: float = 1.0,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """:func:`self_certainty_from_logits` of ``head(hidden)``, ``chunk_size`` rows at a time.
+
+    ``hidden`` holds final hidden states, ``(..., hidden_size)``; ``head`` is the LM head (a module, LoRA included).
+    The logits are scaled by ``logit_scale``, soft-capped (``softcap * tanh(z / softcap)``, Gemma's
+    ``final_logit_softcapping``) and divided by ``temperature``, in that order, as the model's own head and TRL's fused
+    head do. At most ``chunk_size x vocab`` logits (and their float32 copies) exist at once, whatever the batch and
+    length: 256 x 152k float32 is 156 MB, where ``(batch, length, vocab)`` logits of 8 x 2048 x 152k are 10 GB.
+    """
+    rows = hidden.reshape(-1, hidden.size(-1))
+    values = []
+    for start in range(0, rows.size(0), chunk_size):
+        logits = head(rows[start : start + chunk_size]).float() * logit_scale
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+        values.append(self_certainty_from_logits(logits, temperature))
+    if not values:
+        return rows.new_zeros(hidden.shape[:-1], dtype=torch.float32)
+    return torch.cat(values).reshape(hidden.shape[:-1])

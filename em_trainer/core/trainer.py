@@ -25,18 +25,24 @@ from ..data.prompts import is_conversational_prompt, load_one_shot_dataset, mess
 from .callbacks import CollapseGuard, DevSetEarlyStopping, Scorer
 from .config import EMConfig, EMConfigError
 from .cpu_decoding import PackedLinears, cpu_decoding_unavailable
-from .fused_head import patch_entropy_temperature, score_generated_positions_only
+from .fused_head import head_logit_transform, patch_entropy_temperature, score_generated_positions_only
 from .model_card import BOTH_CITATIONS, build_model_card
 from .objectives import (
     masked_token_mean_loss,
-    self_certainty_from_logits,
+    self_certainty_from_hidden,
     token_entropy_reward,
     token_normalizer,
     trajectory_reward,
 )
 from .rollout import PolicyForward, RolloutStash
 from .shared_prefill import generate_with_shared_prefill
-from .shared_prompt import check_tolerances, gradient_sketch, repeated_rows, shared_prompt_logps_and_entropies
+from .shared_prompt import (
+    backbone,
+    check_tolerances,
+    gradient_sketch,
+    repeated_rows,
+    shared_prompt_logps_and_entropies,
+)
 from .shared_prompt_policy import ABSTAIN, CHECK_ROWS, CHECK_TOKENS, SharedPromptPolicy, check_slice, relative_gap
 from .vllm_cpu_sync import keep_linear_weights, repack_after_sync, vllm_runs_on_cpu
 
@@ -350,6 +356,7 @@ class EMTrainer(GRPOTrainer):
         # comes after it).
         reusable = (
             self._em_rl
+            and self.args.em_reward != "self_certainty"  # which reads hidden states, not this forward
             and self._rollout.awaiting_forward
             and self._trl_computes_old_logps
             and not torch.is_grad_enabled()
@@ -450,23 +457,30 @@ class EMTrainer(GRPOTrainer):
     def _self_certainty_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token self-certainty ``KL(U || p)`` of the current rollout at the sampling temperature, and its mask.
 
-        TRL's fused head gives log-probs, entropies and the mean logit but not the log-normaliser this needs, so the
-        logits of the generated positions are materialised, one micro-batch at a time, without gradients: one more
-        forward per rollout than the token reward, which reuses TRL's."""
+        TRL's fused head gives log-probs, entropies and the mean logit but not the log-normaliser this needs. So the
+        model's body runs once per micro-batch without gradients, and only the generated positions' hidden states
+        are projected through the LM head, a few hundred positions at a time (``self_certainty_from_hidden``): no
+        ``(batch, length, vocab)`` tensor exists, as in TRL's fused head."""
         input_ids, attention_mask, completion_ids, completion_mask = self._rollout_batch()
         length, size = completion_ids.size(1), self.args.per_device_train_batch_size
-        values = []
+        model = self.accelerator.unwrap_model(self.model)
+        causal_lm = model.get_base_model() if is_peft_model(model) else model
+        head = causal_lm.get_output_embeddings()
+        logit_scale, softcap = head_logit_transform(causal_lm.config)
+        values = torch.zeros(completion_mask.shape, dtype=torch.float32, device=completion_mask.device)
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             for start in range(0, input_ids.size(0), size):
-                logits = self.model(
-                    input_ids=input_ids[start : start + size],
-                    attention_mask=attention_mask[start : start + size],
-                    logits_to_keep=length + 1,
-                    use_cache=False,
-                ).logits
+                rows = slice(start, start + size)
+                hidden = backbone(model)(
+                    input_ids=input_ids[rows], attention_mask=attention_mask[rows], use_cache=False
+                ).last_hidden_state
                 # The last prompt position predicts the first generated token; the last position predicts nothing.
-                values.append(self_certainty_from_logits(logits[:, :-1, :], self.args.temperature))
-        return torch.cat(values), completion_mask
+                hidden = hidden[:, -(length + 1) : -1]
+                generated = completion_mask[rows].bool()
+                values[rows][generated] = self_certainty_from_hidden(
+                    hidden[generated], head, self.args.temperature, logit_scale, softcap
+                ).to(values.device)
+        return values, completion_mask
 
     # ------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
