@@ -142,3 +142,25 @@ def test_study_measurements_are_read_back_only_under_their_arms_fingerprint(tmp_
 def test_fingerprint_is_stable_and_order_free():
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_object_identity_takes_scalar_buffers_and_generators_hash_only_when_asked(tokenizer, monkeypatch):
+    """A 0-dim parameter or buffer failed the weights digest; and a generator over a model object (the dev-set scorer
+    builds one per evaluation) hashed every weight at construction for an identity nobody read."""
+    import torch
+
+    from em_trainer.data import identity as identity_module
+    from em_trainer.decoding import generation
+
+    from .conftest import build_tiny_model
+
+    model = build_tiny_model(tokenizer)
+    model.register_buffer("step_scale", torch.tensor(1.0))
+    before = identity_module.object_identity(model)
+    model.step_scale.fill_(2.0)
+    assert identity_module.object_identity(model) != before, "the scalar's bytes are part of the digest"
+    calls = []
+    monkeypatch.setattr(generation, "object_identity", lambda m: calls.append(1) or {"object": "counted"})
+    generator = generation.HFGenerator(model, tokenizer)
+    assert calls == []
+    assert generator.identity["model"] == {"object": "counted"} and generator.identity and calls == [1]

@@ -103,7 +103,8 @@ def object_identity(model: Any) -> dict[str, Any]:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape(-1): a 0-dim tensor (a scalar buffer) cannot be viewed as bytes; the bytes are the same.
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"object": type(model).__name__, "parameters": digest.hexdigest()}
 
 

@@ -108,13 +108,11 @@ class HFGenerator:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if isinstance(model, str):
+        reference = model if isinstance(model, str) else None
+        if reference is not None:
             path = resolve_model(model)
-            model_identity_ = model_identity(model)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
-        else:
-            model_identity_ = object_identity(model)
         if tokenizer is None:
             raise ValueError("HFGenerator needs a tokenizer when given a model object.")
         if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
@@ -129,15 +127,26 @@ class HFGenerator:
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.cpu_fast_decoding = cpu_fast_decoding and cpu_decoding_unavailable(model) is None
         self.packs = PackedLinears() if self.cpu_fast_decoding else None
-        # Everything of this generator that determines its samples (results are stored under it: data/identity).
-        self.identity: dict[str, Any] = {
-            "backend": "hf",
-            "model": model_identity_,
-            "dtype": str(next(model.parameters()).dtype),
-            "batch_size": batch_size,
-            "matmul": matmul_kernel(model, self.cpu_fast_decoding),
-            "logits_processors": [processor_identity(p) for p in self.logits_processors],
-        }
+        self._reference = reference
+        self._identity: dict[str, Any] | None = None
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Everything of this generator that determines its samples (results are stored under it: data/identity).
+
+        Computed on first read: a model passed as an object is identified by a digest of all its weights, which
+        costs seconds per billion parameters and is needed only where a result is stored (not, say, by the dev-set
+        scorer of early stopping, which builds a generator at every evaluation)."""
+        if self._identity is None:
+            self._identity = {
+                "backend": "hf",
+                "model": model_identity(self._reference) if self._reference else object_identity(self.model),
+                "dtype": str(next(self.model.parameters()).dtype),
+                "batch_size": self.batch_size,
+                "matmul": matmul_kernel(self.model, self.cpu_fast_decoding),
+                "logits_processors": [processor_identity(p) for p in self.logits_processors],
+            }
+        return self._identity
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> list[list[Completion]]:
