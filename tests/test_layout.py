@@ -137,3 +137,16 @@ def test_every_error_class_of_ours_is_one_the_cli_reports_in_one_line():
                     and v.__module__ == info.name}  # fmt: skip
     assert len(classes) >= 12, sorted(c.__name__ for c in classes)
     assert [c.__name__ for c in classes if not issubclass(c, USER_ERRORS)] == []
+
+
+def test_emtrainer_docstring_lists_every_trl_method_it_overrides():
+    """As trl/experimental/gmpo/ does: a reader of EMTrainer's docstring knows every place it departs from TRL."""
+    from trl import GRPOTrainer
+
+    from em_trainer import EMTrainer
+
+    overridden = {
+        name for name in vars(EMTrainer) if any(name in vars(base) for base in GRPOTrainer.__mro__ if base is not object)
+    } - {"__doc__", "__module__", "_tag_names", "_name", "_paper", "__annotations__"}
+    listed = set(re.findall(r"^    - `(\w+)`:", EMTrainer.__doc__, flags=re.MULTILINE))
+    assert listed == overridden, (sorted(overridden - listed), sorted(listed - overridden))

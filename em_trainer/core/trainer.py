@@ -88,6 +88,20 @@ class EMTrainer(GRPOTrainer):
             (higher is better), called every `args.early_stopping_eval_steps` optimizer steps. Build one with
             `em_trainer.evaluation.build_dev_set_scorer(args, tokenizer)`, which reads `args.early_stopping_dev_set`.
         **kwargs: Everything else `GRPOTrainer` accepts (`processing_class`, `peft_config`, `callbacks`, ...).
+
+    What it overrides in TRL's `GRPOTrainer` (everything else, generation, batching, accumulation, PEFT, accelerate,
+    checkpoints, the Hub, is TRL's own; `tests/test_layout.py` fails if this list and the class part):
+
+    - `__init__`: resolves model references, defaults to the one-shot prompt, adds the EM-RL reward (or hides TRL's
+      need for a reward under EM-FT), the stopping callbacks, the entropy temperature and the shared-prompt policy.
+    - `_generate`: keeps the rollout's token ids for the EM-RL reward (core/rollout).
+    - `_generate_single_turn`: where TRL runs HF `generate`, prefills each prompt once and decodes fast on a CPU.
+    - `_get_per_token_logps_and_entropies`: TRL's no-grad passes through the shared-prompt forward, and TRL's
+      old-log-prob pass kept for the EM-RL reward.
+    - `_compute_loss`: the mean token entropy (EM-FT); for EM-RL and GRPO, TRL's loss scored on generated positions
+      only (and RLOO's leave-one-out scale).
+    - `log`: keeps EM-FT's internal zero reward out of the logs.
+    - `create_model_card`: the card names the base model, the data, the EM settings and both papers.
     """
 
     _tag_names = ["trl", "em-trainer", "entropy-minimization"]
