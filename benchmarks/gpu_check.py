@@ -6,8 +6,12 @@ SDPA attention, and flash attention when installed):
 - versions of everything that ran, and the device;
 - the shared-prompt forward against the plain one on the device (relative loss and gradient gaps, as EMTrainer
   checks them on first use);
-- EMTrainer against TRL's GRPOTrainer configured as EM (zero reward, ``entropy_coef=-1``): seconds per optimizer
-  step and peak GPU memory at a paper-like shape (64 responses x 512 tokens);
+- EMTrainer against TRL's GRPOTrainer configured as EM (zero reward, ``entropy_coef=-1``) and against itself without
+  the shared-prompt forward: seconds per optimizer step (the first apart), peak GPU memory and its split into
+  weights, gradients, optimizer state and the rest, at a paper-like shape (64 responses x 512 tokens); the
+  shared-prompt decision and its check;
+- EM-RL's self-certainty reward against its token reward (peak memory: self-certainty builds no vocabulary-sized
+  tensor);
 - a LoRA step with gradient checkpointing;
 - EM-INF decoding speed against plain decoding (tokens per second).
 
@@ -138,7 +142,31 @@ def reset_peak() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def em_step(model_path: str, shape: dict[str, int], steps: int, bf16: bool, peft: bool = False) -> dict[str, Any]:
+def memory_split(trainer: Any, peak: float | None) -> dict[str, Any]:
+    """The peak's parts (GiB): weights, gradients (one per trainable weight, in its dtype), optimizer state, and the
+    rest above them (activations, logits, caches): the part the shared-prompt forward and the fused head act on."""
+    gib = 2**30
+    model = trainer.model
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / gib
+    gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / gib
+    optimizer = 0.0
+    if trainer.optimizer is not None:
+        for state in trainer.optimizer.state.values():
+            optimizer += sum(v.numel() * v.element_size() for v in state.values() if hasattr(v, "numel")) / gib
+    above = None if peak is None else peak - weights - gradients - optimizer
+    return {"weights_gib": weights, "gradients_gib": gradients, "optimizer_gib": optimizer, "above_gib": above}
+
+
+def step_times(times: list[float]) -> dict[str, Any]:
+    later = sorted(times[1:])
+    return {"first_step_s": times[0] if times else None,
+            "later_step_median_s": later[len(later) // 2] if later else None}  # fmt: skip
+
+
+def em_step(
+    model_path: str, shape: dict[str, int], steps: int, bf16: bool, peft: bool = False, shared: bool = True,
+    em_reward: str | None = None,
+) -> dict[str, Any]:
     from em_trainer import EMConfig, EMTrainer, load_one_shot_dataset
 
     reset_peak()
@@ -146,7 +174,8 @@ def em_step(model_path: str, shape: dict[str, int], steps: int, bf16: bool, peft
     args = EMConfig(output_dir="/tmp/gpu-check-em", max_steps=steps, responses_per_step=shape["responses"],
                     per_device_train_batch_size=shape["micro_batch"], max_completion_length=shape["tokens"],
                     bf16=bf16, gradient_checkpointing=True, save_strategy="no", report_to="none", logging_steps=1,
-                    seed=0)  # fmt: skip
+                    seed=0, shared_prompt_forward=shared,
+                    **({"objective": "neg_entropy_reward", "em_reward": em_reward} if em_reward else {}))  # fmt: skip
     peft_config = None
     if peft:
         from peft import LoraConfig
@@ -156,8 +185,11 @@ def em_step(model_path: str, shape: dict[str, int], steps: int, bf16: bool, peft
                         peft_config=peft_config)  # fmt: skip
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    return {"seconds_per_step": clock.times, "peak_gib": peak_gib(), "losses": losses,
-            "shared_prompt_check": trainer.shared_prompt.check}  # fmt: skip
+    peak = peak_gib()
+    policy = trainer.shared_prompt
+    return {"seconds_per_step": clock.times, **step_times(clock.times), "peak_gib": peak,
+            "memory": memory_split(trainer, peak), "losses": losses, "shared_prompt_check": policy.check,
+            "shared_prompt": {"state": policy.state, "reason": policy.reason}}  # fmt: skip
 
 
 def trl_step(model_path: str, shape: dict[str, int], steps: int, bf16: bool) -> dict[str, Any]:
@@ -179,7 +211,9 @@ def trl_step(model_path: str, shape: dict[str, int], steps: int, bf16: bool) -> 
     trainer = GRPOTrainer(model_path, reward_funcs=zero_reward, args=args, train_dataset=load_one_shot_dataset(),
                           callbacks=[clock.callback])  # fmt: skip
     trainer.train()
-    return {"seconds_per_step": clock.times, "peak_gib": peak_gib()}
+    peak = peak_gib()
+    return {"seconds_per_step": clock.times, **step_times(clock.times), "peak_gib": peak,
+            "memory": memory_split(trainer, peak)}  # fmt: skip
 
 
 def em_inf_speed(model_path: str, tokens: int, prompts: int) -> dict[str, Any]:
@@ -206,6 +240,29 @@ def em_inf_speed(model_path: str, tokens: int, prompts: int) -> dict[str, Any]:
     return found
 
 
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures the training issue asks for: the shared-prompt decision, EMTrainer's memory above weights,
+    gradients and optimizer state against TRL-as-EM's and against its own plain path, and first steps."""
+
+    def get(section: str, *keys: str) -> Any:
+        value: Any = report.get(section)
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    ours, trl, plain = (get(s, "memory", "above_gib") for s in ("em_trainer_sdpa", "trl_as_em_sdpa",
+                                                                 "em_trainer_plain_sdpa"))  # fmt: skip
+    return {
+        "shared_prompt": get("em_trainer_sdpa", "shared_prompt"),
+        "above_ratio_vs_trl": None if ours is None or not trl else ours / trl,
+        "above_ratio_vs_plain": None if ours is None or not plain else ours / plain,
+        "first_step_s": {s: get(s, "first_step_s") for s in ("em_trainer_sdpa", "trl_as_em_sdpa",
+                                                             "em_trainer_plain_sdpa")},  # fmt: skip
+        "self_certainty_peak_vs_token": None if not get("em_rl_token", "peak_gib") else
+        get("em_rl_self_certainty", "peak_gib") / get("em_rl_token", "peak_gib"),
+    }  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry_run", action="store_true", help="CPU, tiny config and shapes (what the tests run)")
@@ -214,8 +271,10 @@ def main() -> int:
     parser.add_argument("--responses", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--micro_batch", type=int, default=16)
-    parser.add_argument("--sections", default="em_trainer,trl_as_em,lora,em_inf",
-                        help="comma-separated subset of em_trainer, trl_as_em, lora, em_inf")
+    parser.add_argument("--sections", default="em_trainer,trl_as_em,plain,self_certainty,lora,em_inf",
+                        help="comma-separated subset of em_trainer, trl_as_em, plain (EMTrainer without the "
+                        "shared-prompt forward), self_certainty (EM-RL's self-certainty and token rewards), lora, "
+                        "em_inf")
     args = parser.parse_args()
 
     import torch
@@ -258,10 +317,17 @@ def main() -> int:
             continue
         if "trl_as_em" in wanted:
             section("trl_as_em_sdpa", lambda path=path: trl_step(path, shape, steps, bf16))
+        if "plain" in wanted:
+            section("em_trainer_plain_sdpa", lambda path=path: em_step(path, shape, steps, bf16, shared=False))
+        if "self_certainty" in wanted:
+            for reward in ("self_certainty", "token"):
+                section(f"em_rl_{reward}", lambda path=path, reward=reward: em_step(path, shape, 1, bf16,
+                                                                                    em_reward=reward))  # fmt: skip
         if "lora" in wanted:
             section("lora_gradient_checkpointing", lambda path=path: em_step(path, shape, 1, bf16, peft=True))
         if "em_inf" in wanted:
             section("em_inf_decoding", lambda path=path: em_inf_speed(path, 8 if dry else 128, 2 if dry else 8))
+    report["summary"] = summary(report)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     Path(args.output).write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"[gpu_check] wrote {args.output} in {report['total_seconds']} s")
