@@ -120,3 +120,26 @@ def pytest_collection_modifyitems(config, items):
     else:
         # Run the fast tests first so a failure shows up before the slow real-model runs.
         items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
+# The suite must fit 45 minutes on the slowest CI machine (about 3x slower than the fastest). A test whose call runs
+# longer than this budget must say in its docstring why it needs to (what it proves that a cheaper test cannot);
+# one without a docstring fails, naming the budget. `make test` lists the 30 slowest tests at the end of every run.
+TEST_BUDGET_S = float(os.environ.get("EM_TRAINER_TEST_BUDGET_S", "30"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if call.when != "call" or not report.passed or report.duration <= TEST_BUDGET_S:
+        return
+    function = getattr(item, "function", None)
+    if function is not None and (function.__doc__ or "").strip():
+        return
+    report.outcome = "failed"
+    report.longrepr = (
+        f"{item.nodeid} took {report.duration:.0f} s, over the {TEST_BUDGET_S:.0f} s budget of one test, and has no "
+        "docstring saying why it needs that long: say why in its docstring, or make it cheaper (tests/conftest.py, "
+        "TEST_BUDGET_S)."
+    )
