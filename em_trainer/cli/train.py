@@ -7,7 +7,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-RUN_IDENTITY_FILE = "run_identity.json"
+# What a training run leaves in its output_dir: a folder with any of it and another identity holds another run.
+TRAIN_WORK = ("checkpoint-*", "*.safetensors", "trainer_state.json", "training_args.bin", "README.md",
+              "early_stopping.json", "best")  # fmt: skip
 HELP = "entropy-minimization fine-tuning (one-shot EM); every EMConfig field is an option"
 
 
@@ -56,6 +58,13 @@ class TrainScriptArguments:
             "EM reward (weights: em_reward_weight, reward_weights); with 'entropy_loss' they are logged only."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "When output_dir holds a run of other settings, delete it and start afresh instead of refusing "
+            "(a run of the same settings resumes either way)."
+        },
+    )
     check: bool = field(
         default=False,
         metadata={
@@ -85,12 +94,6 @@ def _steps(text: str) -> list[int]:
     return steps
 
 
-# Fields that name where a run goes or how it reports, not what it computes: left out of its identity. The seed is
-# left out too because a sweep names each seed's folder itself (``seed-N``).
-_NOT_IDENTITY = ("output_dir", "run_name", "seed", "report_to", "disable_tqdm", "resume_from_checkpoint", "check")
-_NOT_IDENTITY_PREFIXES = ("hub_", "push_to_hub", "logging_", "log_", "save_", "report_")
-
-
 def run_identity(script_args: Any, config: Any, model_args: Any, model_ref: str | None) -> dict[str, Any]:
     """Everything a training run's result depends on: the whole resolved config (every EMConfig/GRPOConfig field,
     the script and model flags), the model's identity (weights' content, or Hub id and revision) and the dataset's
@@ -98,9 +101,7 @@ def run_identity(script_args: Any, config: Any, model_args: Any, model_ref: str 
     from dataclasses import asdict
 
     from ..data.identity import file_digest, model_identity
-
-    def keep(values: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in values.items() if k not in _NOT_IDENTITY and not k.startswith(_NOT_IDENTITY_PREFIXES)}
+    from ..data.identity import settings_identity as keep
 
     dataset: dict[str, Any] = {"source": script_args.dataset or "one-shot prompt (pi1)"}
     if script_args.dataset and os.path.isfile(script_args.dataset):
@@ -114,6 +115,23 @@ def run_identity(script_args: Any, config: Any, model_args: Any, model_ref: str 
         "model": model_identity(model_ref or "smollm2-135m-instruct", model_args.model_revision),
         "dataset": dataset,
     }
+
+
+# Learning-rate schedules that do not depend on max_steps: on them a longer run continues a shorter one exactly.
+_LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
+
+
+def continues_run(stored: dict[str, Any], identity: dict[str, Any]) -> bool:
+    """Whether ``identity`` continues the run ``stored``: the same settings but a larger ``max_steps``, on a schedule
+    that does not depend on it (so its first steps are the stored run's)."""
+    old, new = stored.get("config", {}), identity.get("config", {})
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return False
+    rest = {k: v for k, v in identity.items() if k != "config"} == {k: v for k, v in stored.items() if k != "config"}
+    same = {k: v for k, v in old.items() if k != "max_steps"} == {k: v for k, v in new.items() if k != "max_steps"}
+    schedule = str(new.get("lr_scheduler_type", "")).split(".")[-1].lower()
+    longer = isinstance(old.get("max_steps"), int) and isinstance(new.get("max_steps"), int)
+    return rest and same and schedule in _LENGTH_FREE_SCHEDULES and longer and new["max_steps"] > old["max_steps"]
 
 
 def _reward_funcs(names: list[str], config: Any, dataset: Any) -> list[Any]:
@@ -152,11 +170,12 @@ def main(argv: list[str]) -> int:
     from ..core.callbacks import SaveAtSteps, StopOnSignal
     from ..core.checkpoints import last_complete_checkpoint
     from ..core.trainer import EMTrainer
-    from ..data.files import atomic_write_json, check_writable_dir, read_yaml_mapping
-    from ..data.identity import fingerprint
+    from ..data.files import check_writable_dir, read_yaml_mapping
+    from ..data.identity import fingerprint, readable_name
     from ..data.models import check_causal_lm, resolve_model
     from ..data.paths import config_file_from_argv, resolve_config_path
     from ..data.prompts import load_prompt_dataset
+    from ..data.run_folder import claim_folder
     from ..evaluation.analysis import fresh_sample_entropy
     from ..evaluation.dev_set import build_dev_set_scorer
     from .model_flags import model_loading, tokenizer_kwargs
@@ -175,17 +194,25 @@ def main(argv: list[str]) -> int:
         script_args.dataset, script_args.dataset_split, script_args.prompt_column, limit=script_args.max_prompts
     )
     reward_funcs = _reward_funcs(script_args.reward_funcs or [], config, dataset)
-    if config.output_dir in (None, "trainer_output"):
-        config.output_dir = os.path.join("outputs", f"{os.path.basename(model_path.rstrip('/'))}-EM")
-    check_writable_dir(config.output_dir)
     identity = run_identity(script_args, config, model_args, model_ref)
+    # The folder's marker adds the seed: two seeds are two runs, even where a sweep's folder name leaves it out.
+    folder_identity = {**identity, "seed": config.seed}
+    if config.output_dir in (None, "trainer_output"):
+        # Named by the run's fingerprint: two default runs of other settings never share a folder.
+        name = readable_name(f"{os.path.basename(model_path.rstrip('/'))}-EM", fingerprint(folder_identity))
+        config.output_dir = os.path.join("outputs", name)
+    check_writable_dir(config.output_dir)
+    # Every process but the first only asks (and refuses alike); the first claims the folder for all.
+    first_process = int(os.environ.get("RANK", "0")) == 0
+    claimed = claim_folder(config.output_dir, folder_identity, work=TRAIN_WORK,
+                           overwrite=script_args.overwrite_output_dir, continues=continues_run,
+                           check_only=script_args.check or not first_process)  # fmt: skip
     if script_args.check:
         EMTrainer._check_dataset_fits_batch(dataset, config)
         EMTrainer._reward_setup_check(reward_funcs, config)
         print(f"[em-trainer] check passed: {model_path}, {len(dataset)} prompt(s), output in {config.output_dir}")
         print(f"[em-trainer] run fingerprint: {fingerprint(identity)}")
         return 0
-    atomic_write_json(os.path.join(config.output_dir, RUN_IDENTITY_FILE), identity)
 
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, padding_side="left", truncation_side="left", **tokenizer_kwargs(config)
@@ -222,7 +249,7 @@ def main(argv: list[str]) -> int:
     stop = StopOnSignal()
     trainer.add_callback(stop)
     checkpoint = config.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(config.output_dir):
+    if checkpoint is None and claimed == "resume":
         checkpoint = last_complete_checkpoint(config.output_dir)
         if checkpoint is not None:
             print(f"[em-trainer] resuming from {checkpoint}", flush=True)

@@ -128,3 +128,15 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str =
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str) if not isinstance(value, str) else value
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# Fields that name where a run goes or how it reports, not what it computes: left out of its identity. The seed is
+# left out too because a sweep names each seed's folder itself (``seed-N``); a folder's marker adds it back.
+NOT_SETTINGS = ("output_dir", "run_name", "seed", "report_to", "disable_tqdm", "resume_from_checkpoint", "check",
+                "overwrite_output_dir")  # fmt: skip
+NOT_SETTINGS_PREFIXES = ("hub_", "push_to_hub", "logging_", "log_", "save_", "report_")
+
+
+def settings_identity(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a config's fields that determine what a run computes (see ``NOT_SETTINGS``)."""
+    return {k: v for k, v in values.items() if k not in NOT_SETTINGS and not k.startswith(NOT_SETTINGS_PREFIXES)}

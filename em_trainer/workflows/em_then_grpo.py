@@ -70,6 +70,9 @@ class RecipeArguments:
             (EM from the GRPO weights) or ``grpo`` (no EM phase), for the EM paper's ordering finding.
         em (`dict`, defaults to `{}`): the EM phase: :class:`PhaseData` keys and :class:`EMConfig` fields.
         grpo (`dict`, defaults to `{}`): the GRPO phase: :class:`PhaseData` keys and TRL ``GRPOConfig`` fields.
+        overwrite_output_dir (`bool`, defaults to `False`): a phase folder holding work of other settings (another
+            config, order, data or starting model) is refused unless this is set; then that work is deleted and the
+            phase starts afresh. A phase of the same settings resumes, or is skipped when complete, either way.
 
     ``--set section.key=value`` (repeatable; values read as YAML) changes a key of a section: see :func:`split_set`.
     """
@@ -83,6 +86,7 @@ class RecipeArguments:
     order: str = "em_then_grpo"
     em: dict = field(default_factory=dict)
     grpo: dict = field(default_factory=dict)
+    overwrite_output_dir: bool = False
 
 
 @dataclass
@@ -275,6 +279,50 @@ def _save_final(trainer: Any, directory: Path, merge: bool) -> None:
         trainer.save_model(str(directory))
 
 
+# What a phase leaves in its folder: with any of it and another identity, the folder holds a phase of other settings.
+PHASE_WORK = ("checkpoint-*", "*.safetensors", PHASE_MARKER, "trainer_state.json", "README.md", "adapter_config.json")
+
+
+def phase_identity(recipe: Recipe, name: str, start: Path | None) -> dict[str, Any]:
+    """Everything a phase's weights depend on: its settings and data, the recipe's LoRA and merge settings, the
+    phases before it in the order, and the weights it starts from (the previous phase's identity, read from its
+    folder's marker, or the recipe model's identity)."""
+    from dataclasses import asdict
+
+    from ..data.identity import model_identity, settings_identity
+    from ..data.run_folder import MARKER
+
+    phase = recipe.phases[name]
+    if start is not None and (start / MARKER).is_file():
+        origin: Any = json.loads((start / MARKER).read_text(encoding="utf-8"))
+    elif start is not None:
+        origin = model_identity(str(start))
+    else:
+        origin = model_identity(recipe.args.model or "smollm2-135m-instruct")
+    return {
+        "phase": name,
+        "order": list(recipe.order[: recipe.order.index(name) + 1]),
+        "start": origin,
+        "config": settings_identity(phase.args.to_dict()),
+        "data": asdict(phase.data),
+        "peft": recipe.args.peft,
+        "merge_on_save": recipe.args.merge_on_save,
+    }
+
+
+def claim_phase(recipe: Recipe, name: str, start: Path | None, check_only: bool = False) -> str:
+    """``"resume"`` (same settings: resume, or skip when complete) or ``"fresh"``; other settings are refused, or
+    replaced with ``overwrite_output_dir``. Every process but the first only asks."""
+    from ..data.run_folder import claim_folder
+
+    first_process = int(os.environ.get("RANK", "0")) == 0
+    return claim_folder(
+        recipe.phases[name].directory, phase_identity(recipe, name, start), work=PHASE_WORK,
+        overwrite=recipe.args.overwrite_output_dir, flag="overwrite_output_dir: true",
+        field=f"the {name} phase's folder", check_only=check_only or not first_process,
+    )  # fmt: skip
+
+
 def _mark_complete(trainer: Any, directory: Path, summary: dict[str, Any]) -> None:
     if trainer.accelerator.is_main_process:
         atomic_write_json(directory / PHASE_MARKER, summary)
@@ -290,7 +338,8 @@ def run_em_phase(recipe: Recipe, start: Path | None = None) -> Path:
 
     phase = recipe.phases["em"]
     directory, args, data = phase.directory, phase.args, phase.data
-    if (directory / PHASE_MARKER).is_file():
+    resume = claim_phase(recipe, "em", start) == "resume"
+    if resume and (directory / PHASE_MARKER).is_file():
         print(f"[em-trainer] EM phase already complete in {directory}; skipping", flush=True)
         return directory
     dataset = load_prompt_dataset(data.dataset, data.dataset_split, data.problem_column, limit=data.max_prompts)
@@ -307,7 +356,7 @@ def run_em_phase(recipe: Recipe, start: Path | None = None) -> Path:
         peft_config=_peft_config(recipe.args.peft),
         dev_set_scorer=scorer,
     )
-    trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
+    trainer.train(resume_from_checkpoint=_last_checkpoint(directory) if resume else None)
     _save_final(trainer, directory, recipe.args.merge_on_save)
     dataset_name = data.dataset or "one-shot EM prompt (pi1)"
     trainer.create_model_card(dataset_name=dataset_name)
@@ -449,7 +498,8 @@ def run_grpo_phase(recipe: Recipe, start: Path | None = None) -> Path:
 
     phase = recipe.phases["grpo"]
     directory, args, data = phase.directory, phase.args, phase.data
-    if (directory / PHASE_MARKER).is_file():
+    resume = claim_phase(recipe, "grpo", start) == "resume"
+    if resume and (directory / PHASE_MARKER).is_file():
         print(f"[em-trainer] GRPO phase already complete in {directory}; skipping", flush=True)
         return directory
     if data.reward == "code":
@@ -480,7 +530,7 @@ def run_grpo_phase(recipe: Recipe, start: Path | None = None) -> Path:
         dataset_name=data.dataset,
         reward_description="tests pass in the sandbox" if data.reward == "code" else "accuracy (math-verify)",
     )
-    trainer.train(resume_from_checkpoint=_last_checkpoint(directory))
+    trainer.train(resume_from_checkpoint=_last_checkpoint(directory) if resume else None)
     _save_final(trainer, directory, recipe.args.merge_on_save)
     trainer.create_model_card(dataset_name=data.dataset)
     if recipe.args.push_to_hub:
@@ -521,6 +571,7 @@ def preflight(recipe: Recipe) -> None:
 
     check_writable_dir(recipe.args.output_dir, "output_dir")
     check_causal_lm(resolve_model(recipe.args.model))
+    claim_phase(recipe, recipe.order[0], None, check_only=True)  # a first phase of other settings: refused now
     em = recipe.phases.get("em")
     if em is not None and not (em.directory / PHASE_MARKER).is_file():
         data = em.data

@@ -298,8 +298,17 @@ def selected_file(study: Study) -> Path:
 
 def select_prompt(study: Study, pool: Path) -> Path:
     """``em-trainer select`` over the pool (pass@k variance); its output is the training dataset."""
+    from ..data.identity import file_digest, model_identity
+    from ..data.run_folder import claim_folder
+
     output = selected_file(study)
-    if output.exists():
+    # A selection made by another model, other select settings or another pool is made again, never reused.
+    identity = {"model": model_identity(study.model), "select": study.select, "pool": file_digest(pool)}
+    claimed = claim_folder(
+        output.parent, identity, work=[output.name], overwrite=True, marker="selected.identity.json",
+        log=lambda line: print(line.replace("[em-trainer]", "[study] selection:"), flush=True),
+    )  # fmt: skip
+    if claimed == "resume" and output.exists():
         return output
     command = [sys.executable, "-m", "em_trainer.cli", "select", "--model", study.model, "--pool", str(pool)]
     command += ["--output", str(output), "--top", "1"]

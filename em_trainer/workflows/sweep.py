@@ -74,7 +74,9 @@ def plan_runs(grid: dict[str, list[str]], seeds: int, first_seed: int = 0) -> li
 
 
 def _train_arguments(run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None) -> list[str]:
-    arguments = ["train", "--config", config, "--seed", str(run.seed), "--output_dir", str(directory)]
+    # The run's folder is the sweep's (or study's) to name: work of other settings in it is replaced, never resumed.
+    arguments = ["train", "--config", config, "--seed", str(run.seed), "--output_dir", str(directory),
+                 "--overwrite_output_dir"]  # fmt: skip
     for field, value in run.point:
         arguments += [f"--{field}", value]
     if save_steps is not None:
