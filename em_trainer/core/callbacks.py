@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -206,11 +207,19 @@ class StopOnSignal(TrainerCallback):
     def __init__(self) -> None:
         self.received: str | None = None
         self.stopped_at: int | None = None
+        self._received_at = 0.0
         self._previous: dict[int, Any] = {}
+
+    # A stop can arrive twice within moments: from a scheduler that signals every process of a job, and from the
+    # job forwarding it (workflows/child_process). Within this window a repeat is the same stop, not a second one.
+    REPEAT_WINDOW_S = 2.0
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:
+            if time.monotonic() - self._received_at < self.REPEAT_WINDOW_S:
+                return
             raise KeyboardInterrupt
+        self._received_at = time.monotonic()
         self.received = signal.Signals(signum).name
         print(
             f"[em-trainer] {self.received}: finishing this optimizer step, then saving a checkpoint and stopping "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .child_process import child_env, run_child, stop_with_parent
 
 EXECUTORS = ("serial", "local", "slurm", "submitit_local")
 
@@ -139,12 +140,9 @@ def additional_parameters(items: Sequence[str]) -> dict[str, str]:
 def run_command(command: Sequence[str]) -> None:
     """A job's body on a SLURM node (pickled by submitit): the command as its own process, its output into the job's
     log; a failure raises with the tail of what it printed, which submitit reports back."""
-    result = subprocess.run(list(command), capture_output=True, text=True)
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
-    if result.returncode != 0:
-        tail = result.stderr[-3000:]
-        raise RuntimeError(f"{' '.join(command[1:4])} ... exited with {result.returncode}:\n{tail}")
+    code, _ = run_child(command, None)  # streams into the job's own log as it runs; a stop is forwarded, waited for
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command[1:4])} ... exited with {code}: see the output above in this job's log")
 
 
 def run_jobs(jobs: Sequence[Job], args: ExecutorArguments, folder: Path, log: Callable[..., Any] = print) -> None:
@@ -162,17 +160,6 @@ def run_jobs(jobs: Sequence[Job], args: ExecutorArguments, folder: Path, log: Ca
     if failed:
         lines = "\n".join(f"  {name}: see {where}" for name, where in failed)
         raise ExecutorError(f"{len(failed)} of {len(jobs)} job(s) failed; rerun the same command to resume:\n{lines}")
-
-
-def _stop_with_parent() -> None:
-    """In a local job, before it starts: SIGTERM when the process that started it dies, however it died (even
-    SIGKILL), so that no job goes on training unsupervised; SIGTERM stops a job the way Ctrl-C does (Linux only)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except OSError:
-        pass
 
 
 def threads_per_job(parallel: int) -> dict[str, str]:
@@ -193,9 +180,10 @@ def _run_local(jobs: Sequence[Job], parallel: int, folder: Path, log: Callable[.
             return None
         path = folder / f"{job.name}.log"
         with path.open("w", encoding="utf-8") as out:
-            env = {**os.environ, **threads_per_job(parallel)}
+            # The job's own process: it dies with this one, and its output reaches its log as it comes.
             process = subprocess.Popen(
-                job.command(), stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_stop_with_parent
+                job.command(), stdout=out, stderr=subprocess.STDOUT, env=child_env(threads_per_job(parallel)),
+                preexec_fn=stop_with_parent,
             )
             with lock:
                 running.add(process)

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -25,6 +24,7 @@ from typing import Any
 
 from ..data.files import atomic_write_json, exclusive_lock
 from ..data.paths import resolve_config_path
+from .child_process import run_child
 from .sweep import RUN_MARKER, Run, SweepError, check_runs, summarize, train_run
 
 METRICS = ("greedy_accuracy", "sampled_accuracy", "entropy", "skewness", "mean_length", "cut_share")
@@ -314,10 +314,9 @@ def select_prompt(study: Study, pool: Path) -> Path:
     command += ["--output", str(output), "--top", "1"]
     for key, value in study.select.items():
         command += [f"--{key}", str(value)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    (study.output_dir / "data" / "select.log").write_text(result.stdout + "\n" + result.stderr)
-    if result.returncode != 0:
-        raise StudyError(f"select failed (see {study.output_dir}/data/select.log):\n{result.stderr[-2000:]}")
+    code, tail = run_child(command, study.output_dir / "data" / "select.log", tail=2000)
+    if code != 0:
+        raise StudyError(f"select failed (see {study.output_dir}/data/select.log):\n{tail}")
     return output
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..data.files import atomic_write_json, atomic_write_text, exclusive_lock
 from ..data.identity import readable_name
+from .child_process import run_child
 
 RUN_MARKER = ".run_complete"
 
@@ -128,11 +129,9 @@ def train_run(
     # "accelerate launch --num_processes 8" or "torchrun --nproc_per_node 2" makes each run a distributed one.
     prefix = shlex.split(launcher) if launcher else [sys.executable]
     command = [*prefix, "-m", "em_trainer.cli", *_train_arguments(run, config, directory, extra, save_steps)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    (directory / "train.log").parent.mkdir(parents=True, exist_ok=True)
-    (directory / "train.log").write_text(result.stdout + "\n" + result.stderr)
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout)[-2000:]
+    # Streamed to train.log as it runs; a stop is forwarded and waited for, so the run saves its step (child_process).
+    code, tail = run_child(command, directory / "train.log", tail=2000)
+    if code != 0:
         raise SweepError(f"training run {run.point_tag} seed {run.seed} failed (see {directory}/train.log):\n{tail}")
 
 
