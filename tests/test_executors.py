@@ -192,3 +192,28 @@ def test_sweep_through_submitit_local_executor_equals_the_serial_sweep(tiny_mode
         rows[executor] = json.loads((out / "sweep_summary.json").read_text())["runs"]
     assert [r["loss_by_step"] for r in rows["submitit_local"]] == [r["loss_by_step"] for r in rows["serial"]]
     assert len(rows["serial"]) == 1
+
+
+def test_local_executor_gives_each_job_its_own_gpus_from_the_visible_ones(tmp_path, monkeypatch):
+    """Before, every local job inherited all visible devices (so all trained on GPU 0). A faked device list: four
+    GPUs, two per job, four jobs that record their devices and their overlap with the jobs running beside them."""
+    from em_trainer.workflows.executors import run_jobs
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7,9")
+    # Each job holds its devices for a moment and marks them busy in a file; a device marked twice is shared.
+    code = ("import os, sys, time, pathlib; d = os.environ['CUDA_VISIBLE_DEVICES']; busy = pathlib.Path(sys.argv[1]) "
+            "/ ('busy-' + d); assert not busy.exists(), 'shared ' + d; busy.touch(); time.sleep(0.5); "
+            "busy.unlink(); print('devices', d)")  # fmt: skip
+    jobs = [Job(f"arm/{i}", (str(tmp_path),), program=("-c", code)) for i in range(4)]
+    args = ExecutorArguments(executor="local", max_parallel=4, gpus_per_job=2)
+    run_jobs(jobs, args, tmp_path / "logs", log=lambda *a, **k: None)
+    seen = sorted((tmp_path / "logs" / f"arm_{i}.log").read_text().split()[-1] for i in range(4))
+    assert seen == ["3,5", "3,5", "7,9", "7,9"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    quiet = lambda *a, **k: None  # noqa: E731
+    run_jobs(jobs[:2], ExecutorArguments(executor="local", max_parallel=2), tmp_path / "auto", log=quiet)
+    assert sorted((tmp_path / "auto" / f"arm_{i}.log").read_text().split()[-1] for i in range(2)) == ["0", "1"]
+    with pytest.raises(ExecutorError, match="only 2 GPU"):
+        run_jobs(jobs, ExecutorArguments(executor="local", gpus_per_job=3), tmp_path / "x", log=print)
+    with pytest.raises(ExecutorError, match="--gpus_per_job would have no effect"):
+        ExecutorArguments(executor="slurm", gpus_per_job=1)

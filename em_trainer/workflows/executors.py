@@ -17,6 +17,8 @@ We schedule nothing ourselves beyond "N at a time": SLURM (through submitit) doe
 from __future__ import annotations
 
 import os
+import queue
+import re
 import shlex
 import subprocess
 import sys
@@ -50,6 +52,10 @@ class ExecutorArguments:
             Jobs running at the same time (``local``, ``submitit_local``) or the array's ``%N`` throttle (``slurm``).
             1 because a training run already uses every core of a small machine; raise it to the number of GPUs
             (local) or to what your share of the cluster allows (SLURM).
+        gpus_per_job (`int` or `None`, defaults to `None`):
+            ``local``: the GPUs each job gets, taken from the visible ones (``CUDA_VISIBLE_DEVICES``, else all), so
+            that jobs running at once never share one; at most (visible GPUs // ``gpus_per_job``) jobs run at once.
+            None: 1 when GPUs are visible, else 0 (jobs see what this process sees). SLURM: ``gpus_per_node``.
         dry_run (`bool`, defaults to `False`):
             Print the jobs (and, for ``slurm``, the sbatch script submitit would submit) and run nothing.
         timeout_min (`int`, defaults to `1440`):
@@ -72,6 +78,9 @@ class ExecutorArguments:
 
     executor: str = field(default="local", metadata={"help": f"one of {', '.join(EXECUTORS)}"})
     max_parallel: int = field(default=1, metadata={"help": "jobs at the same time (SLURM: the array's %%N)"})
+    gpus_per_job: int | None = field(
+        default=None, metadata={"help": "local: GPUs per job from the visible ones (default: 1 if any, else 0)"}
+    )
     dry_run: bool = field(default=False, metadata={"help": "print the jobs (and the sbatch script) and run nothing"})
     timeout_min: int = field(default=1440, metadata={"help": "wall-clock limit per job, minutes"})
     gpus_per_node: int = field(default=0, metadata={"help": "GPUs per job"})
@@ -92,6 +101,13 @@ class ExecutorArguments:
         for name in ("max_parallel", "timeout_min"):
             if getattr(self, name) < 1:
                 raise ExecutorError(f"--{name} {getattr(self, name)}: must be >= 1.")
+        if self.gpus_per_job is not None and self.gpus_per_job < 0:
+            raise ExecutorError(f"--gpus_per_job {self.gpus_per_job}: must be >= 0.")
+        if self.gpus_per_job is not None and self.executor != "local":
+            raise ExecutorError(
+                f"--gpus_per_job would have no effect with --executor {self.executor}: it splits this machine's "
+                "GPUs between local jobs (SLURM jobs: --gpus_per_node)."
+            )
         if self.gpus_per_node < 0:
             raise ExecutorError(f"--gpus_per_node {self.gpus_per_node}: must be >= 0.")
         for name in ("cpus_per_task", "mem_gb"):
@@ -152,7 +168,7 @@ def run_jobs(jobs: Sequence[Job], args: ExecutorArguments, folder: Path, log: Ca
         return
     folder.mkdir(parents=True, exist_ok=True)
     if args.executor == "local":
-        failed = _run_local(jobs, args.max_parallel, folder, log)
+        failed = _run_local(jobs, args.max_parallel, folder, log, device_groups(args.gpus_per_job))
     elif args.executor in ("slurm", "submitit_local"):
         failed = _run_submitit(jobs, args, folder, log)
     else:
@@ -170,7 +186,42 @@ def threads_per_job(parallel: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel))}
 
 
-def _run_local(jobs: Sequence[Job], parallel: int, folder: Path, log: Callable[..., Any]) -> list[tuple[str, Path]]:
+_LOG_NAME = re.compile(r"[^\w.=-]+")
+
+
+def visible_devices() -> list[str]:
+    """The CUDA devices this process may use: ``CUDA_VISIBLE_DEVICES`` when set (empty or -1: none), else all."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        devices = [d.strip() for d in listed.split(",") if d.strip()]
+        return [] if devices and devices[0].startswith("-1") else devices
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def device_groups(gpus_per_job: int | None) -> list[str] | None:
+    """The ``CUDA_VISIBLE_DEVICES`` value of each job slot (None: every job sees what this process sees)."""
+    devices = visible_devices() if gpus_per_job != 0 else []
+    per_job = (1 if devices else 0) if gpus_per_job is None else gpus_per_job
+    if per_job == 0:
+        return None
+    if len(devices) < per_job:
+        raise ExecutorError(
+            f"--gpus_per_job {per_job}: only {len(devices)} GPU(s) visible ({','.join(devices) or 'none'}); lower it, "
+            "or set CUDA_VISIBLE_DEVICES."
+        )
+    return [",".join(devices[i : i + per_job]) for i in range(0, len(devices) - per_job + 1, per_job)]
+
+
+def _run_local(
+    jobs: Sequence[Job], parallel: int, folder: Path, log: Callable[..., Any], groups: list[str] | None = None
+) -> list[tuple[str, Path]]:
+    if groups is not None:
+        parallel = min(parallel, len(groups))  # a GPU is never shared between jobs running at once
+        free: queue.SimpleQueue[str] = queue.SimpleQueue()
+        for group in groups:
+            free.put(group)
     running: set[subprocess.Popen] = set()
     lock = threading.Lock()
     stopping = threading.Event()
@@ -178,16 +229,25 @@ def _run_local(jobs: Sequence[Job], parallel: int, folder: Path, log: Callable[.
     def one(job: Job) -> tuple[str, Path] | None:
         if stopping.is_set():
             return None
-        path = folder / f"{job.name}.log"
+        path = folder / (_LOG_NAME.sub("_", job.name) + ".log")  # a grid value may hold "/"
+        devices = free.get() if groups is not None else None
+        extra = threads_per_job(parallel) | ({"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {})
+        try:
+            return _one_job(job, path, extra, devices)
+        finally:
+            if devices is not None:
+                free.put(devices)
+
+    def _one_job(job: Job, path: Path, extra: dict[str, str], devices: str | None) -> tuple[str, Path] | None:
         with path.open("w", encoding="utf-8") as out:
             # The job's own process: it dies with this one, and its output reaches its log as it comes.
             process = subprocess.Popen(
-                job.command(), stdout=out, stderr=subprocess.STDOUT, env=child_env(threads_per_job(parallel)),
-                preexec_fn=stop_with_parent,
+                job.command(), stdout=out, stderr=subprocess.STDOUT, env=child_env(extra), preexec_fn=stop_with_parent
             )
             with lock:
                 running.add(process)
-            log(f"[jobs] started {job.name} (log: {path})", flush=True)
+            on = f", GPU {devices}" if devices is not None else ""
+            log(f"[jobs] started {job.name} (log: {path}{on})", flush=True)
             code = process.wait()
             with lock:
                 running.discard(process)
