@@ -220,3 +220,19 @@ def test_arms_measured_under_their_settings_are_not_checked_again(tmp_path, monk
     assert [label.split(" ")[0] for label in seen[0]] == ["arms.em_rl_token", "arms.em_rl_trajectory"]
     check_training_arms(study, tmp_path / "pool.jsonl")
     assert len(seen[1]) == 3, "without measurements every arm is checked"
+
+
+def test_record_keys_hold_settings_only_so_a_driver_on_other_hardware_gathers_its_jobs(monkeypatch):
+    """Before, the keys held the matmul kernel of the process computing them ("aten" where CUDA is visible,
+    "onednn-packed-float32" on a CPU): a CPU login node dropped every record its GPU jobs wrote as stale, wrote empty
+    results and resubmitted every job. Now the keys are settings only; the kernel is in each record (produced_by)."""
+    from em_trainer.core import cpu_decoding
+    from em_trainer.workflows.study import arm_identities
+
+    study = load_study(STUDY, quick=True)
+    keys = {}
+    for kernel in ("aten", "onednn-packed-float32"):
+        monkeypatch.setattr(cpu_decoding, "default_matmul_kernel", lambda kernel=kernel: kernel)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0" if kernel == "aten" else "")
+        keys[kernel] = arm_identities(study)
+    assert keys["aten"] == keys["onednn-packed-float32"]

@@ -375,7 +375,11 @@ def measure_model(
 
     greedy = accuracy(0.0, 0)
     sampled = accuracy(sample_temperature or temperature, seed)
+    identity = generator.identity
     result: dict[str, Any] = {
+        # What computed this record, read from the generator that did (not from the process that reads it).
+        "produced_by": {"matmul": identity.get("matmul"), "dtype": identity.get("dtype"),
+                        "device": str(next(generator.model.parameters()).device)},  # fmt: skip
         "greedy_accuracy": greedy.accuracy,
         "sampled_accuracy": sampled.accuracy,
         "mean_length": sampled.mean_length,
@@ -420,15 +424,16 @@ def measure_model(
 def arm_identities(study: Study) -> dict[str, str]:
     """A fingerprint per arm (and for ``base``) of everything its measurements depend on: the model's identity, the
     steps, the test set, pool and selection settings, the measurement settings, the arm's own entry, and for a
-    training arm its train config file's content and the extra train options, and the kernel the measurements'
-    HF decoding computes with (packed or not: samples may differ by float rounding). Changing one arm's config
-    leaves the other arms' measurements valid."""
-    from ..core.cpu_decoding import default_matmul_kernel
+    training arm its train config file's content and the extra train options. Changing one arm's config leaves the
+    other arms' measurements valid.
+
+    Only settings: nothing of the process that computes the keys. A study's driver (a CPU login node) and its jobs
+    (GPU nodes) compute the same keys, so the driver gathers what the jobs measured; the hardware a measurement ran
+    on (device, matmul kernel) is recorded in the record itself (``produced_by``), where a reader can see it."""
     from ..data.identity import file_digest, fingerprint, model_identity
 
     common = {
         "model": model_identity(study.model),
-        "matmul": default_matmul_kernel(),
         "steps": study.steps,
         "test_size": study.test_size,
         "pool": [study.pool_size, study.pool_seed],
