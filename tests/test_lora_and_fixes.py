@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from em_trainer.cli import main
+from em_trainer.data.identity import model_identity
 
 from .training_cli import TINY, pipeline_config
 
@@ -43,7 +44,7 @@ def test_eval_generate_select_and_analyze_accept_an_adapter_folder(adapter_dir, 
     summary = json.loads((out / "summary.json").read_text())
     assert f"LoRA on {tiny_model_dir}" in summary[0]["model"]  # the report names the base
     identity = json.loads(next(out.rglob("identity.json")).read_text())
-    assert identity["generator"]["model"]["base_model"]["path"] == str(Path(tiny_model_dir).resolve())
+    assert identity["generator"]["model"]["base_model"] == model_identity(tiny_model_dir)
 
     assert main(["generate", "--model", adapter_dir, "--prompt", "Hi", "--max_new_tokens", "2"]) == 0
     assert main(["select", "--model", adapter_dir, "--pool", str(FIXTURES / "arithmetic_pool.jsonl"), "--limit", "2",

@@ -84,7 +84,9 @@ def test_model_identity_follows_the_weights_not_the_name(tiny_model_dir, tmp_pat
         model.model.layers[1].mlp.down_proj.weight[0, 0] += 1.0  # one weight in the middle of the file
     model.save_pretrained(copy)
     assert directory_identity(copy)["weights"] != directory_identity(tiny_model_dir)["weights"]
-    assert model_identity("Qwen/Qwen2.5-Math-7B", "abc123") == {"hub_id": "Qwen/Qwen2.5-Math-7B", "revision": "abc123"}
+    assert directory_identity(copy) != directory_identity(tiny_model_dir)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert model_identity("Qwen/Qwen2.5-Math-7B", commit)["commit"] == commit
     assert changed_fields({"a": {"b": 1}, "c": 2}, {"a": {"b": 3}, "c": 2}) == ["a.b: 1 -> 3"]
 
 
@@ -164,3 +166,41 @@ def test_object_identity_takes_scalar_buffers_and_generators_hash_only_when_aske
     generator = generation.HFGenerator(model, tokenizer)
     assert calls == []
     assert generator.identity["model"] == {"object": "counted"} and generator.identity and calls == [1]
+
+
+def test_folder_identity_is_content_not_path_and_hub_ids_carry_their_commit(tiny_model_dir, tmp_path, monkeypatch):
+    """Before, a folder's identity held its absolute path (a copy was another model) and left out the tokenizer and
+    chat template (an edited template was the same model); a Hub id was its id plus "main", never the commit."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert directory_identity(copy) == directory_identity(tiny_model_dir)
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ messages[0]['content'] }}"
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    assert directory_identity(copy) != directory_identity(tiny_model_dir)
+    (copy / "chat_template.jinja").write_text("{{ messages }}")
+    assert "chat_template.jinja" in directory_identity(copy)["configs"]
+    # The local cache's record of what `main` pointed to (what offline loading uses) is the commit.
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    (cache / "models--org--model" / "refs").mkdir(parents=True)
+    (cache / "models--org--model" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert model_identity("org/model") == {"hub_id": "org/model", "revision": "main", "commit": "a" * 40}
+    assert model_identity("org/other")["commit"] is None  # not cached, offline: unknown, and said so
+
+
+def test_eval_records_carry_the_graders_version(tiny_model_dir, tmp_path, monkeypatch):
+    """Grading changed across releases, and records graded the old way were read back as today's: the grader's
+    version is now part of an eval record's identity, so a new grader grades afresh."""
+    from em_trainer.evaluation import scoring
+
+    out = tmp_path / "ev"
+    assert _eval(tiny_model_dir, out, "--max_new_tokens", "2") == 0
+    identity = json.loads(next(out.rglob("identity.json")).read_text())
+    assert identity["grader"]["em_trainer"] == scoring.GRADER_VERSION and identity["grader"]["math_verify"]
+    monkeypatch.setattr(scoring, "GRADER_VERSION", scoring.GRADER_VERSION + 1)
+    assert _eval(tiny_model_dir, out, "--max_new_tokens", "2") == 0
+    assert len(list(out.rglob("identity.json"))) == 2

@@ -64,26 +64,56 @@ def file_digest(path: Path) -> str:
     return cache[key]
 
 
+# The files besides the weights that change what a model folder computes: its configs, and its tokenizer with the
+# chat template (a template in its own file since transformers 4.43, else inside tokenizer_config.json).
+IDENTITY_FILES = (
+    "config.json", "adapter_config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json",
+)  # fmt: skip
+
+
 def directory_identity(path: str | os.PathLike) -> dict[str, Any]:
-    """A local model folder: its absolute path, and digests of its config and of every weight file's content."""
+    """A local model folder by content: digests of every weight file, of its configs and of its tokenizer and chat
+    template. Not its path: a copy of a folder is the same model, a folder rewritten in place is another."""
     folder = Path(path).resolve()
     weights = {
         p.name: file_digest(p)
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES) and not p.name.startswith(("optimizer", "scheduler"))
     }
-    configs = {
-        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
-        for name in ("config.json", "adapter_config.json", "generation_config.json", "tokenizer_config.json")
-        if (folder / name).is_file()
-    }
-    return {"path": str(folder), "weights": weights, "configs": configs}
+    configs = {name: file_digest(folder / name) for name in IDENTITY_FILES if (folder / name).is_file()}
+    return {"weights": weights, "configs": configs}
+
+
+def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit a Hub revision points to: the revision itself when it is a commit hash; else the snapshot that the
+    local cache recorded for it (``refs/<revision>``, what offline loading uses); else the Hub's answer when online;
+    None when none of these knows."""
+    import re
+
+    revision = revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    try:
+        from huggingface_hub import constants
+
+        ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / revision
+        if ref.is_file():
+            return ref.read_text(encoding="utf-8").strip() or None
+        if constants.HF_HUB_OFFLINE:
+            return None
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo_id, revision=revision, timeout=10).sha
+    except Exception:  # noqa: BLE001 - no cache, no network, no such repo: the commit is unknown, said as None
+        return None
 
 
 def model_identity(reference: str, revision: str | None = None) -> dict[str, Any]:
     """The identity of a model reference: a local folder by content (see :func:`directory_identity`); a Hub id by
-    id and revision (``main`` unless given: a pinned commit is what makes a Hub result reproducible). A LoRA adapter
-    folder's identity includes its base model's."""
+    id, revision and the commit it points to (:func:`hub_commit`: results of two commits of ``main`` are never
+    mixed). A LoRA adapter folder's identity includes its base model's."""
     from .models import adapter_base, resolve_model
 
     resolved = resolve_model(reference)
@@ -93,7 +123,7 @@ def model_identity(reference: str, revision: str | None = None) -> dict[str, Any
         if base is not None:
             identity["base_model"] = model_identity(base)
         return identity
-    return {"hub_id": resolved, "revision": revision or "main"}
+    return {"hub_id": resolved, "revision": revision or "main", "commit": hub_commit(resolved, revision)}
 
 
 def object_identity(model: Any) -> dict[str, Any]:

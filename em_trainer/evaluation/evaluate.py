@@ -33,7 +33,7 @@ from ..decoding.generation import Generator, SamplingSettings
 from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS, EvaluationError, load_benchmark
 from .code_tasks import CODE_SYSTEM_PROMPT, grade_many, pass_at_k
 from .records import RecordFile
-from .scoring import Grade, grade, grade_with_tolerance, parse_gold
+from .scoring import Grade, grade, grade_with_tolerance, grader_identity, parse_gold
 from .selection import majority_agreement
 
 __all__ = [
@@ -216,6 +216,7 @@ def evaluation_identity(
         "data": fingerprint([[r["index"], r["problem"], r["gold"]] for r in rows]),
         "limit": limit,
         "chunk_size": chunk_size,
+        "grader": grader_identity(),
     }
 
 

@@ -18,6 +18,21 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 from ..data.labels import last_boxed
 
 DEFAULT_TIMEOUT_SECONDS = 5
+# Raise it whenever a change to extraction, normalisation or grading (here, in data/labels or in the code sandbox's
+# checker) can change a verdict: it is part of every eval record's identity, so records graded the old way are
+# graded afresh instead of being mixed with new ones.
+GRADER_VERSION = 2
+
+
+def grader_identity() -> dict[str, Any]:
+    """What grades a record: this module's grader version and the math-verify release it calls."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        math_verify = version("math-verify")
+    except PackageNotFoundError:
+        math_verify = None
+    return {"em_trainer": GRADER_VERSION, "math_verify": math_verify}
 
 _PRED_CONFIG = [
     LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=True),
