@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 from trl import TrlParser
 
-from ..data.paths import config_file_from_argv
+from ..data.paths import config_file_from_argv, split_config_equals
 from ..decoding.em_inf import PRESETS, EMInfSettings
 from ..decoding.generation import SamplingSettings
 
@@ -35,7 +35,7 @@ class VerbParser(TrlParser):
     def parse_args_and_config(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         from ..data.files import read_yaml_mapping
 
-        args = list(sys.argv[1:] if args is None else args)
+        args = split_config_equals(list(sys.argv[1:] if args is None else args))
         config = config_file_from_argv(args)
         if config is not None:
             read_yaml_mapping(config, "--config")  # a folder, bad YAML or a list: one line, not a parser traceback
@@ -45,16 +45,28 @@ class VerbParser(TrlParser):
     def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
         # argparse converts only string defaults: a YAML value goes through the flag's type (and its domain) here,
         # so `limit: -1` in a file is refused like `--limit -1` on the command line.
+        # YAML lists and scalars are read as the flag reads them: a repeatable flag (`model`) takes a list or one
+        # value, a comma-list flag (`benchmarks`, `temperatures`) a list or a comma string; choices are enforced.
         for action in self._actions:
-            if action.dest in kwargs and callable(action.type) and kwargs[action.dest] is not None:
-                value = kwargs[action.dest]
-                try:
-                    if isinstance(value, list):
-                        kwargs[action.dest] = [action.type(str(v)) for v in value]
-                    else:
-                        kwargs[action.dest] = action.type(str(value))
-                except (argparse.ArgumentTypeError, ValueError) as error:
-                    self.error(f"--config key {action.dest}: {error}")
+            if action.dest not in kwargs or kwargs[action.dest] is None:
+                continue
+            value = kwargs[action.dest]
+            repeatable = isinstance(action, argparse._AppendAction)
+            if repeatable and not isinstance(value, list):
+                value = [value]
+            elif not repeatable and isinstance(value, list) and action.nargs is None:
+                value = ",".join(str(v) for v in value)
+            try:
+                if callable(action.type):
+                    value = [action.type(str(v)) for v in value] if repeatable else action.type(str(value))
+            except (argparse.ArgumentTypeError, ValueError) as error:
+                self.error(f"--config key {action.dest}: {error}")
+            if action.choices is not None:
+                bad = [v for v in (value if repeatable else [value]) if v not in action.choices]
+                if bad:
+                    allowed = ", ".join(map(str, action.choices))
+                    self.error(f"--config key {action.dest}: {bad[0]!r} is not one of {allowed}")
+            kwargs[action.dest] = value
         unknown = sorted(set(kwargs) - {a.dest for a in self._actions} - {"env"})
         if unknown:
             self.error(f"--config has key(s) {unknown} that are not options of {self.prog}")

@@ -55,9 +55,9 @@ def main(argv: list[str]) -> int:
             raise StudyError(f"job {run.job}: the study is not prepared ({selected_file(study)} is missing).")
         run_job(study, name, int(seed), selected_file(study), launcher=run.launcher)
         return 0
-    from ..data.paths import config_file_from_argv
+    from ..data.paths import config_file_from_argv, split_config_equals
 
-    config = config_file_from_argv(argv)
+    config = config_file_from_argv(split_config_equals(argv))
     if config is None:
         raise StudyError("--config is required: the study YAML, e.g. recipes/configs/smollm2-135m-cpu/replication/"
                          "study.yaml.")  # fmt: skip

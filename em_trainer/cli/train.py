@@ -173,13 +173,14 @@ def main(argv: list[str]) -> int:
     from ..data.files import check_writable_dir, read_yaml_mapping
     from ..data.identity import fingerprint, readable_name
     from ..data.models import check_causal_lm, resolve_model
-    from ..data.paths import config_file_from_argv, resolve_config_path
+    from ..data.paths import config_file_from_argv, resolve_config_path, split_config_equals
     from ..data.prompts import load_prompt_dataset
     from ..data.run_folder import claim_folder
     from ..evaluation.analysis import fresh_sample_entropy
     from ..evaluation.dev_set import build_dev_set_scorer
     from .model_flags import model_loading, tokenizer_kwargs
 
+    argv = split_config_equals(argv)
     config_file = config_file_from_argv(argv)
     if config_file is not None:
         read_yaml_mapping(config_file, "--config")  # a folder, bad YAML or a list: one line, not a parser traceback

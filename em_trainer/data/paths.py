@@ -39,6 +39,15 @@ def resolve_config_path(value: str | None, config_file: str | os.PathLike | None
     return value
 
 
+def split_config_equals(argv: list[str]) -> list[str]:
+    """``--config=PATH`` as ``--config PATH``: TrlParser reads only the second spelling, and read the first as a flag
+    it does not know."""
+    out: list[str] = []
+    for arg in argv:
+        out += ["--config", arg.split("=", 1)[1]] if arg.startswith("--config=") else [arg]
+    return out
+
+
 def config_file_from_argv(argv: list[str]) -> str | None:
     """The value of ``--config`` in ``argv`` (``--config PATH`` or ``--config=PATH``), before any parsing."""
     for i, arg in enumerate(argv):

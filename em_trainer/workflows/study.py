@@ -185,9 +185,10 @@ def study_parser() -> Any:
 def parse_study_arguments(argv: list[str]) -> tuple[StudyConfig, StudyRunArguments, Any, set[str]]:
     """The three dataclasses of ``em-trainer study`` argv, and the names given as flags (they win over --quick)."""
     from ..data.files import read_yaml_mapping
-    from ..data.paths import config_file_from_argv
+    from ..data.paths import config_file_from_argv, split_config_equals
     from .executors import ExecutorArguments
 
+    argv = split_config_equals(argv)
     config = config_file_from_argv(argv)
     if config is not None:
         content = read_yaml_mapping(config, "study config")  # a folder, bad YAML or a list: one line
