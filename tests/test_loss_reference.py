@@ -14,6 +14,7 @@ from datasets import Dataset
 from trl.trainer.utils import split_tensor_dict
 
 from em_trainer import EMConfig, EMTrainer
+from em_trainer.core.config import EMConfigError
 from em_trainer.core.objectives import token_entropy_from_logits
 
 MAX_LEN = 6
@@ -148,3 +149,20 @@ def test_loss_and_gradient_match_full_logits(
         # Norm-based per tensor: elementwise tolerances trip on tiny entries whose last digits differ across CPUs.
         error = (our_grads[name] - param.grad).norm().item()
         assert error <= 1e-4 * param.grad.norm().item() + 1e-9, f"{name}: |g - g_ref| = {error:.3g}"
+
+
+def test_a_first_step_of_one_token_responses_is_refused_with_its_cause(tiny_model_dir, tokenizer, tmp_path):
+    """A chat model answering a plain-text prompt with EOS alone: before, EM trained on the entropy of that one token
+    without a word; now the first rollout stops the run with the cause and the fix. One short row in four (the
+    scripted rollout above) is not refused."""
+    eos = tokenizer.eos_token_id
+    trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path / "a")
+    inject_generate(trainer, [[eos] * MAX_LEN] * 3 + [scripted_completions(tokenizer)[0]])
+    trainer.model.train()
+    rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
+    with pytest.raises(EMConfigError, match=r"3 of 4 responses of the first step are one token long.*plain-text"):
+        trainer._generate_and_score_completions(rows)
+    fine = make_trainer(tiny_model_dir, tokenizer, tmp_path / "b")
+    inject_generate(fine, scripted_completions(tokenizer))
+    fine.model.train()
+    fine._generate_and_score_completions(rows)

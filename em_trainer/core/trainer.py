@@ -135,6 +135,7 @@ class EMTrainer(GRPOTrainer):
         self._em_rl = args.objective == "neg_entropy_reward"
         self._grpo_loss = args.objective in ("neg_entropy_reward", "grpo")
         self._rollout = RolloutStash()
+        self._first_rollout_checked = False
         reward_funcs, args = self._reward_setup(reward_funcs, args)
         self._has_placeholder_reward = reward_funcs == [_no_reward]
 
@@ -287,10 +288,30 @@ class EMTrainer(GRPOTrainer):
 
     def _generate(self, prompts: list):
         output = super()._generate(prompts)
+        if self.model.training and self.state.global_step == 0 and not self._first_rollout_checked:
+            self._first_rollout_checked = True
+            self._refuse_empty_responses(output[1])
         if self._em_rl:
             # TRL calls the rewards after this rollout (see core/rollout.py for the order relied on).
             self._rollout.new_rollout(output[0], output[1])
         return output
+
+    def _refuse_empty_responses(self, completion_ids: list) -> None:
+        """The first rollout of a run: if most responses (all processes) end at once, stop and say why.
+
+        A chat model given a plain-text prompt often answers it with its end-of-sequence token alone; EM then
+        minimises the entropy of that one token and nothing else, silently."""
+        counts = torch.tensor([sum(len(ids) <= 1 for ids in completion_ids), len(completion_ids)],
+                              device=self.accelerator.device)  # fmt: skip
+        short, total = (int(x) for x in self.accelerator.reduce(counts, reduction="sum"))
+        if total >= 2 and 2 * short > total:
+            raise EMConfigError(
+                f"{short} of {total} responses of the first step are one token long (the end-of-sequence token "
+                "alone): EM would minimise the entropy of that token and nothing else. The usual cause is a "
+                "plain-text prompt on a chat model, which answers a bare string by ending at once. Fix: give "
+                "conversational prompts ([{'role': 'user', 'content': ...}], which TRL renders with the model's chat "
+                "template; `em-trainer train --dataset` does this for a 'problem' column), or a base model."
+            )
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         with self._hf_generation(images, multimodal_fields):
