@@ -82,7 +82,11 @@ def test_default_output_dir_carries_the_run_fingerprint(tiny_model_dir, tmp_path
     folders = []
     for rate in ("1e-3", "1e-3", "2e-3"):
         assert main(["train", "--model", tiny_model_dir, "--learning_rate", rate, "--check"]) == 0
-        line = next(line for line in capsys.readouterr().out.splitlines() if "output in" in line)
+        out = capsys.readouterr().out
+        # The paper's recipe on a CPU: said before it starts, with its size and its disk use.
+        assert "device: cpu; a step generates up to 64 x 2048 = 131,072 tokens" in out and "on a CPU" in out
+        assert "GB a checkpoint" in out and "+ optimizer state" in out
+        line = next(line for line in out.splitlines() if "output in" in line)
         folders.append(line.rsplit("output in ", 1)[1])
     assert folders[0] == folders[1] != folders[2]
     assert all(folder.startswith("outputs/") and "-EM-" in folder for folder in folders)

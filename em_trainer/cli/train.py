@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # What a training run leaves in its output_dir: a folder with any of it and another identity holds another run.
@@ -134,6 +135,37 @@ def continues_run(stored: dict[str, Any], identity: dict[str, Any]) -> bool:
     return rest and same and schedule in _LENGTH_FREE_SCHEDULES and longer and new["max_steps"] > old["max_steps"]
 
 
+def run_cost(config: Any, model_path: str) -> list[str]:
+    """What a run will cost, for ``--check``: where it runs, how many tokens a step generates, and the disk its
+    checkpoints take (weights, plus the optimizer state unless ``save_only_model``)."""
+    import math
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() and not config.use_cpu else "cpu"
+    tokens = config.responses_per_step * config.max_completion_length
+    lines = [f"device: {device}; a step generates up to {config.responses_per_step} x "
+             f"{config.max_completion_length} = {tokens:,} tokens, {config.max_steps} step(s)"]  # fmt: skip
+    if device == "cpu" and tokens > 8192:
+        lines.append(
+            f"on a CPU, {tokens:,} tokens a step take tens of minutes to hours per step for any real model; the CPU "
+            "demo's shape is 8 x 64 (recipes/configs/smollm2-135m-cpu/em_one_shot.yaml)"
+        )
+    if os.path.isdir(model_path):
+        weights = sum(p.stat().st_size for p in Path(model_path).iterdir()
+                      if p.suffix in (".safetensors", ".bin") and not p.name.startswith("optimizer"))  # fmt: skip
+        per_checkpoint = weights if config.save_only_model else 3 * weights  # Adam: two moments beside the weights
+        saves = config.max_steps // max(1, math.ceil(config.save_steps)) if config.save_strategy != "no" else 0
+        kept = saves if config.save_total_limit is None else min(saves, config.save_total_limit)
+        total = kept * per_checkpoint + weights  # every kept checkpoint has its optimizer state
+        lines.append(
+            f"disk: about {per_checkpoint / 1e9:.2f} GB a checkpoint ({weights / 1e9:.2f} GB weights"
+            f"{'' if config.save_only_model else ' + optimizer state'}), {kept} checkpoint(s) kept, about "
+            f"{total / 1e9:.1f} GB in all with the final weights (save_only_model, save_total_limit, save_steps)"
+        )
+    return lines
+
+
 def _reward_funcs(names: list[str], config: Any, dataset: Any) -> list[Any]:
     """The named reward functions (the random control seeded with the run's seed); a reward whose column the dataset
     lacks is refused here, not at the first step."""
@@ -213,6 +245,8 @@ def main(argv: list[str]) -> int:
         EMTrainer._reward_setup_check(reward_funcs, config)
         print(f"[em-trainer] check passed: {model_path}, {len(dataset)} prompt(s), output in {config.output_dir}")
         print(f"[em-trainer] run fingerprint: {fingerprint(identity)}")
+        for line in run_cost(config, model_path):
+            print(f"[em-trainer] {line}")
         return 0
 
     tokenizer = AutoTokenizer.from_pretrained(
