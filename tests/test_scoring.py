@@ -86,3 +86,20 @@ def test_fixtures_match_the_official_layout():
         assert path.is_file(), path
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert rows and BENCHMARKS[name].hub_id
+
+
+@pytest.mark.parametrize(
+    "gold, completion, correct",
+    [
+        ("28", "We need to compute 43 - 15", False),  # restating the question is not answering it
+        ("28", "43 - 15 = 28", True),  # no anchor: the last number written
+        ("28", "The final answer is 28.", True),
+        ("28", "\\boxed{28}, not 43 - 15", True),
+        ("1000", "The total is 1,000 dollars", True),
+        ("3", "x = 3 and then 4 apples", False),
+    ],
+)
+def test_a_prediction_needs_an_anchor_or_is_the_last_number(gold, completion, correct):
+    """Before, math-verify evaluated any expression it found: "We need to compute 43 - 15" graded as 28. Now as in
+    open-r1 (an anchor) and the Qwen2.5-Math evaluation (else the last number)."""
+    assert grade(gold, completion).correct is correct

@@ -21,7 +21,7 @@ DEFAULT_TIMEOUT_SECONDS = 5
 # Raise it whenever a change to extraction, normalisation or grading (here, in data/labels or in the code sandbox's
 # checker) can change a verdict: it is part of every eval record's identity, so records graded the old way are
 # graded afresh instead of being mixed with new ones.
-GRADER_VERSION = 2
+GRADER_VERSION = 3  # 3: predictions need an anchor, else the last number
 
 
 def grader_identity() -> dict[str, Any]:
@@ -34,10 +34,15 @@ def grader_identity() -> dict[str, Any]:
         math_verify = None
     return {"em_trainer": GRADER_VERSION, "math_verify": math_verify}
 
+# A prediction needs an anchor (a \boxed{}, "the final answer is", ...), as in open-r1's accuracy reward: without one,
+# math-verify evaluates whatever expression it finds, so "We need to compute 43 - 15" graded as 28.
 _PRED_CONFIG = [
-    LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=True),
-    ExprExtractionConfig(),
+    LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False),
+    ExprExtractionConfig(try_extract_without_anchor=False),
 ]
+# Without an anchor, the last number of the completion is the answer (the Qwen2.5-Math evaluation the one-shot paper
+# used): a number written, never an expression evaluated.
+_LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
 _GOLD_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
 
 
@@ -115,8 +120,15 @@ def is_parseable(answer: str) -> bool:
 
 
 def parse_prediction(completion: str) -> list:
-    """Extract the model's final answer: the last ``\\boxed{}`` first, else the last LaTeX or plain expression."""
-    return parse(completion, extraction_config=_PRED_CONFIG, parsing_timeout=_timeout())
+    """Extract the model's final answer: the last ``\\boxed{}`` or another anchored answer ("the answer is ..."),
+    else the last number written in the completion; never an unanchored expression evaluated."""
+    parsed = parse(completion, extraction_config=_PRED_CONFIG, parsing_timeout=_timeout())
+    if parsed:
+        return parsed
+    numbers = _LAST_NUMBER.findall(completion)
+    if not numbers:
+        return []
+    return parse(f"${numbers[-1].replace(',', '')}$", extraction_config=_GOLD_CONFIG, parsing_timeout=_timeout())
 
 
 @dataclass
