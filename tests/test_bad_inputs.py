@@ -171,6 +171,8 @@ def no_training(monkeypatch):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_clear_line(name, files, capsys):
+    """A bad input per case, refused in one line before anything expensive; the sweep cases start the real `train
+    --check` subprocess (several seconds)."""
     args, needle = CASES[name]
     argv = [a.format(**files) for a in args]
     with _returns(2) as outcome:

@@ -63,6 +63,7 @@ def test_train_command_reports_bad_input(tiny_model_dir, tmp_path, capsys, args,
 
 
 def test_console_script_help():
+    """The console script as a user runs it: a new Python process that imports the package (seconds)."""
     result = subprocess.run(
         [sys.executable, "-m", "em_trainer.cli", "--help"], capture_output=True, text=True, check=True
     )

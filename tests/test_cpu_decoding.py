@@ -255,20 +255,3 @@ def test_cpu_decoding_flag_reaches_the_generator(verb, tiny_model_dir):
         kwargs.pop("vllm_kwargs")
         kernels[choice] = make_generator(tiny_model_dir, "hf", **kwargs).identity["matmul"]
     assert kernels == {"fast": "onednn-packed-float32", "plain": "aten", None: "onednn-packed-float32"}
-
-
-def test_study_measurements_are_keyed_by_the_decoding_kernel(monkeypatch, tmp_path):
-    """A study measured with packed linears never reads back records measured with HF's own kernels (or back)."""
-    from em_trainer.core import cpu_decoding
-    from em_trainer.workflows.study import arm_identities, load_study
-
-    config = "recipes/configs/smollm2-135m-cpu/replication/study.yaml"
-    study = load_study(config, quick=True, output_dir=str(tmp_path))
-    keys = {}
-    for kernel in ("onednn-packed-float32", "aten"):
-        monkeypatch.setattr(cpu_decoding, "default_matmul_kernel", lambda kernel=kernel: kernel)
-        keys[kernel] = arm_identities(study)
-    assert set(keys["aten"]) == set(keys["onednn-packed-float32"])
-    assert all(keys["aten"][arm] != keys["onednn-packed-float32"][arm] for arm in keys["aten"])
-    monkeypatch.undo()
-    assert arm_identities(study) == keys[cpu_decoding.default_matmul_kernel()]

@@ -136,6 +136,8 @@ def serial_study(tiny_study, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_study_through_submitit_local_executor_equals_the_serial_run(tiny_study, serial_study, tmp_path):
+    """Cost (about 80 s): the study's jobs pickled and run through submitit's local executor (SLURM's path), each its
+    own process that imports PyTorch and TRL, compared record for record with the serial run."""
     out = tmp_path / "study"
     result = run_study(tiny_study, out, "--executor", "submitit_local", "--max_parallel", "2")
     assert records(out) == records(serial_study) and len(records(out)) == 1 * (1 + 2 * 2)
@@ -180,6 +182,8 @@ def test_study_killed_with_its_jobs_resumes_to_the_serial_results(tiny_study, se
 
 @pytest.mark.slow
 def test_sweep_through_submitit_local_executor_equals_the_serial_sweep(tiny_model_dir, tmp_path):
+    """Cost (about 60 s): a sweep run serially and through submitit's local executor (SLURM's path), every run its own
+    process, compared row for row."""
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"model": tiny_model_dir, **TINY_TRAIN, "max_steps": 2, "report_to": "none"}))
     rows = {}

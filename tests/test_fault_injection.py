@@ -48,6 +48,8 @@ def lines(path: Path) -> list[dict]:
 
 
 def test_train_killed_mid_run_resumes_to_the_uninterrupted_weights(tiny_model_dir, tmp_path, straight_run):
+    """Cost (about 25 s): a training process SIGKILLed after its third checkpoint, then resumed to the end, against the
+    uninterrupted run's weights."""
     command = train(tiny_model_dir, tmp_path / "killed", STEPS) + ["--save_steps", "1"]
     checkpoint = tmp_path / "killed" / "checkpoint-3" / "trainer_state.json"
     kill_when(command, lambda: checkpoint.exists())  # during step 4 or later: whatever it was doing is lost
@@ -163,6 +165,8 @@ def test_em_then_grpo_recipe_killed_in_each_phase_ends_as_an_uninterrupted_run(t
 
 @pytest.mark.slow
 def test_eval_killed_mid_run_loses_and_recomputes_nothing(tmp_path):
+    """Cost (about 50 s): a real `eval` process killed mid-run, then resumed, then compared with an uninterrupted run:
+    three evaluations on the embedded model."""
     def command(out: Path) -> list[str]:
         return cli("eval", "--benchmarks", "arithmetic", "--limit", "16", "--max_new_tokens", "32", "--batch_size",
                    "4", "--temperature", "0.7", "--n", "2", "--output_dir", str(out))  # fmt: skip
@@ -189,6 +193,8 @@ def test_eval_killed_mid_run_loses_and_recomputes_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_select_killed_mid_run_loses_and_recomputes_nothing(tmp_path):
+    """Cost (about 55 s): a real `select` process killed mid-run, then resumed, then compared with an uninterrupted
+    run: three selections on the embedded model."""
     def command(out: Path) -> list[str]:
         return cli("select", "--pool", str(FIXTURES / "arithmetic_pool.jsonl"), "--k", "2", "--max_new_tokens",
                    "32", "--batch_size", "1", "--output", str(out / "selected.jsonl"))  # fmt: skip

@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_writes_every_section(tmp_path):
+    """Cost (about 20 s): the prepared GPU check run whole on the CPU with a tiny config, so that it cannot rot between
+    the sessions that have a GPU: every section trains or decodes once."""
     output = tmp_path / "gpu_check.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry_run", "--output",
                              str(output)], capture_output=True, text=True, timeout=900)  # fmt: skip

@@ -22,12 +22,15 @@ def torchrun(*args: str, timeout: int = 600, processes: int = 2) -> subprocess.C
 
 
 def test_two_process_gradient_equals_one_process_reference(tiny_model_dir, tmp_path):
+    """Cost (about 20 s): one torchrun start-up of two processes (gloo) that each load the model, one DDP step."""
     result = torchrun(str(REPO / "tests" / "scripts" / "ddp_loss_check.py"), tiny_model_dir, str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "DDP_OK world=2" in result.stdout
 
 
 def test_two_process_training_run_matches_one_process_shape(tiny_model_dir, tmp_path):
+    """Cost (about 20 s): a two-process torchrun training run and a one-process run of the same global batch; the
+    launcher and the batch shape are what this checks."""
     common = ["--model", tiny_model_dir, "--max_steps", "2", "--responses_per_step", "4",
               "--per_device_train_batch_size", "1", "--max_completion_length", "6", "--report_to", "none",
               "--save_steps", "1"]  # fmt: skip

@@ -202,6 +202,7 @@ def test_numeric_flag_refuses_negative_and_zero_outside_its_domain(verb, kind, a
 STUDY_NUMBERS = {  # every numeric field of `em-trainer study` (StudyConfig, StudyRunArguments, ExecutorArguments)
     "seeds": ["-1", "0"], "test_size": ["-1", "0"], "pool_size": ["-1", "0"], "pool_seed": ["-1"], "steps": ["-1"],
     "only_seed": ["-1"], "max_parallel": ["-1", "0"], "timeout_min": ["-1", "0"], "gpus_per_node": ["-1"],
+    "gpus_per_job": ["-1"],
     "cpus_per_task": ["-1", "0"], "mem_gb": ["-1", "0"],
 }  # fmt: skip
 

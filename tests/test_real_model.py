@@ -12,6 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_ten_steps_lower_entropy_of_fresh_samples(smollm2_dir, tokenizer, tmp_path):
+    """Cost (about 130 s): ten EM steps on the real SmolLM2-135M with entropy measured on fresh samples before and
+    after: the one end-to-end proof that the method does on a real model what the paper says."""
     dataset = load_one_shot_dataset()
     prompt = dataset[0]["prompt"]
     base = AutoModelForCausalLM.from_pretrained(smollm2_dir)
@@ -61,6 +63,8 @@ def test_smollm2_scores_on_arithmetic_and_not_on_gsm8k(smollm2_dir, tmp_path):
 
 
 def test_select_on_smollm2_picks_a_max_variance_prompt(smollm2_dir, tmp_path):
+    """Cost (about 25 s): selection samples k responses per pool prompt from the real SmolLM2, whose answers vary (a
+    tiny random model's never would)."""
     import json
     from pathlib import Path
 

@@ -173,6 +173,8 @@ def test_a_forged_verdict_is_a_failure(name, clean):
 
 @pytest.mark.parametrize("name", list(ESCAPE))
 def test_an_escape_attempt_is_contained(name, clean, tmp_path):
+    """Each hostile program runs to its limits inside a real sandbox (the fork bomb up to its process limit), and the
+    host is checked for anything left behind; some take seconds by design."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)

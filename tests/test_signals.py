@@ -37,6 +37,8 @@ def test_a_signal_in_any_verb_exits_130_with_how_to_resume(monkeypatch, capsys, 
 def test_a_signal_during_training_saves_that_step_and_the_rerun_ends_where_an_uninterrupted_run_does(
     tiny_model_dir, straight_run, tmp_path, sig
 ):
+    """Cost (about 25 s per signal): a real training process stopped by the signal, then the same command resumed to
+    the end, against the uninterrupted run's weights."""
     steps, env = STEPS, ENV
 
     command = train(tiny_model_dir, tmp_path / "stopped", steps)

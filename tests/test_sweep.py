@@ -33,6 +33,8 @@ def test_aggregate_matches_numpy():
 
 
 def test_sweep_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys):
+    """Cost (about 90 s): a sweep's training runs, evaluations and aggregation as separate processes, then a rerun that
+    must reuse them all; the resume across processes is what this proves."""
     config = tmp_path / "config.yaml"
     config.write_text(
         f"model: {tiny_model_dir}\nresponses_per_step: 2\nper_device_train_batch_size: 2\nmax_completion_length: 4\n"

@@ -74,6 +74,9 @@ def generation_report(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("mode", ["full", "lora_em_rl"])
 def test_trained_weights_reach_the_engine(tmp_path, mode):
+    """Cost (the suite's longest, 120-150 s here): a real vLLM CPU engine started in its own process, two training
+    steps whose weights are synced into it, then samples from it; the weight sync is what a stand-in engine
+    cannot prove."""
     out = tmp_path / f"{mode}.json"
     run_script("vllm_train_check.py", str(out), mode)
     report = json.loads(out.read_text())
@@ -110,12 +113,16 @@ def test_selection_runs_on_vllm(generation_report):
 
 
 def test_generate_cli_with_em_inf_on_vllm():
+    """Cost (about 50 s): `em-trainer generate` starts its own vLLM engine, as a user's command does; the CLI path
+    through vLLM is what this checks."""
     result = run_cli("generate", "--backend", "vllm", "--em_inf", "--prompt", "What is 2 + 3?", "--max_new_tokens",
                      "16", "--vllm_max_model_len", "512", "--vllm_enforce_eager")  # fmt: skip
     assert "EM-INF (default)" in result.stdout and "sample 0" in result.stdout
 
 
 def test_eval_cli_on_vllm(tmp_path):
+    """Cost (about 50 s): `em-trainer eval` starts its own vLLM engine, as a user's command does; the CLI path through
+    vLLM is what this checks."""
     result = run_cli("eval", "--backend", "vllm", "--benchmarks", "arithmetic", "--limit", "4", "--max_new_tokens",
                      "32", "--vllm_max_model_len", "512", "--vllm_enforce_eager",
                      "--output_dir", str(tmp_path))  # fmt: skip
@@ -124,6 +131,8 @@ def test_eval_cli_on_vllm(tmp_path):
 
 
 def test_select_cli_on_vllm(tmp_path):
+    """Cost (about 50 s): `em-trainer select` starts its own vLLM engine, as a user's command does; the CLI path
+    through vLLM is what this checks."""
     pool = str(FIXTURES / "arithmetic_pool.jsonl")
     run_cli("select", "--backend", "vllm", "--pool", pool, "--k", "2", "--max_new_tokens", "32",
             "--vllm_max_model_len", "512", "--vllm_enforce_eager",

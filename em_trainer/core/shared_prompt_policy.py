@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-# The slice of a micro-batch that the first-use check runs on: two rows, so that a prompt is shared, and the first
-# completion tokens, small enough to cost less than one plain step. On SmolLM2 at the CPU demo's shape (8 x 64) the
-# check took 10.3 s at 4 rows x 64 tokens and 5.6 s at 2 x 32; the first step, check included, 20.3 s against 21.1 s
-# with the shared path off (and 32.9 s when the check ran on the whole micro-batch).
+# The slice of a micro-batch that the first-use check runs on: two rows of each of two prompts (a shared prompt, and a
+# prefix on the wrong rows would show), and the first completion tokens, small enough to cost less than a plain step.
+# On SmolLM2 at the CPU demo's shape (8 x 64, one prompt) the check took 10.3 s at 4 rows x 64 tokens and 5.6 s at
+# 2 x 32; the first step, check included, 20.3 s against 21.1 s with the shared path off (and 32.9 s when the check
+# ran on the whole micro-batch).
 CHECK_ROWS = 2
 CHECK_TOKENS = 32
 ABSTAIN = "abstain"
@@ -75,8 +76,14 @@ class SharedPromptPolicy:
 
 
 def check_slice(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The first rows and completion tokens of a micro-batch, as the check's inputs."""
-    rows = slice(0, CHECK_ROWS)
+    """The check's inputs: ``CHECK_ROWS`` rows of each of the micro-batch's first two distinct prompts (two prompts, so
+    that a prefix attached to the wrong rows shows; a one-prompt batch gives ``CHECK_ROWS`` rows), and the first
+    ``CHECK_TOKENS`` completion tokens."""
+    from .shared_prompt import distinct_prompts
+
+    _, inverse = distinct_prompts(inputs["prompt_ids"], inputs["prompt_mask"])
+    order = list(dict.fromkeys(inverse.tolist()))[:2]  # distinct prompts in order of first occurrence
+    rows = torch.cat([(inverse == group).nonzero().flatten()[:CHECK_ROWS] for group in order])
     tokens = slice(0, CHECK_TOKENS)
     return {
         "prompt_ids": inputs["prompt_ids"][rows],

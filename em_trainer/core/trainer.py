@@ -614,7 +614,8 @@ class EMTrainer(GRPOTrainer):
         if self.accelerator.is_main_process:
             logger.warning(
                 "em-trainer: checking the shared-prompt forward against the plain one on a slice of the first "
-                "micro-batch (%d rows x %d tokens at most; once per run).", CHECK_ROWS, CHECK_TOKENS,
+                "micro-batch (%d rows of each of 2 prompts at most, %d tokens; once per run).",
+                CHECK_ROWS, CHECK_TOKENS,
             )  # fmt: skip
         outcome = ABSTAIN if inputs is None else self._shared_prompt_check_outcome(check_slice(inputs))
         self.shared_prompt.decide(gather_object([outcome]))
