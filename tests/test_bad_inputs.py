@@ -119,6 +119,10 @@ CASES = {
         case("select", "--model", "{tiny}", "--pool", "{dir}/noanswer.jsonl", "--output", "{dir}/s.jsonl"),
         "No usable row",
     ),
+    "sweep: evaluation options without --eval": (
+        case("sweep", "--train_config", "{dir}/tiny.yaml", "--limit", "5", "--eval_checkpoints"),
+        "--eval_checkpoints, --limit would have no effect without --eval",
+    ),
     "sweep: grid without values": (
         case("sweep", "--train_config", "{dir}/tiny.yaml", "--grid", "temperature"),
         "field=v1",

@@ -97,14 +97,16 @@ def test_sweep_killed_mid_run_gives_the_uninterrupted_rows(tiny_model_dir, tmp_p
     """Killed while training its second run (after that run's third checkpoint): the rerun keeps the first run, resumes
     the second from its checkpoint, and the sweep's rows equal an uninterrupted sweep's."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(f"model: {tiny_model_dir}\n")
-    # The sweep sets the seed, and the checkpoint spacing (its own --save_steps, used with --eval_checkpoints).
+    # A checkpoint every step, from the train config: the sweep's own --save_steps acts only with --eval_checkpoints,
+    # which needs --eval (refused without it).
+    config.write_text(f"model: {tiny_model_dir}\nsave_steps: 1\n")
+    # The sweep sets the seed; the train config sets the checkpoint spacing.
     owned = ("--seed", "--save_steps")
     tiny = [a for i, a in enumerate(TINY) if not set(owned) & set(TINY[max(i - 1, 0) : i + 1])]
 
     def command(out: Path) -> list[str]:
         return cli("sweep", "--train_config", str(config), "--seeds", "2", "--output_dir", str(out),
-                   "--max_steps", "8", "--eval_checkpoints", "--save_steps", "1", *tiny)  # fmt: skip
+                   "--max_steps", "8", *tiny)  # fmt: skip
 
     straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True, env=ENV)
     assert straight.returncode == 0, straight.stderr[-2000:]

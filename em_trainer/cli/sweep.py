@@ -44,6 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options that act only on the evaluation of each run (--eval): without it they would be parsed and dropped.
+EVAL_ONLY = ("eval_checkpoints", "save_steps", "data_dir", "limit", "max_new_tokens", "eval_temperature", "batch_size")
+
+
+def _refuse_evaluation_flags_without_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, in one line, evaluation options given without ``--eval`` (from flags or the YAML)."""
+    from ..workflows.sweep import SweepError
+
+    if args.eval:
+        return
+    given = [name for name in EVAL_ONLY if getattr(args, name) != parser.get_default(name)]
+    if given:
+        raise SweepError(
+            f"{', '.join('--' + name for name in given)} would have no effect without --eval: they set how each run "
+            "is evaluated (add --eval arithmetic, or another benchmark), or leave them out."
+        )
+
+
 def main(argv: list[str]) -> int:
     from ..data.files import read_yaml_mapping
     from ..workflows.executors import describe
@@ -86,6 +104,7 @@ def main(argv: list[str]) -> int:
         return 0
     if args.train_config is None:
         raise SweepError("--train_config is required: the `em-trainer train` YAML every run starts from.")
+    _refuse_evaluation_flags_without_eval(build_parser(), args)  # fresh: the YAML set this parser's defaults
     executor = executor_arguments(args)
     planned = (
         args.train_config,
