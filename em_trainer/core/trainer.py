@@ -631,22 +631,31 @@ class EMTrainer(GRPOTrainer):
             logger.warning("em-trainer: shared-prompt forward off: %s.", self.shared_prompt.reason)
 
     def _shared_prompt_check_outcome(self, inputs: dict[str, Any]) -> str | None:
-        """None when the two paths agree on ``inputs``, else why the shared path must stay off."""
+        """None when the two paths agree on ``inputs``, else why the shared path must stay off.
+
+        The gradient is compared only where a loss is computed through the shared path (EM-FT); for EM-RL and GRPO,
+        whose loss is TRL's plain forward, only the values of the no-grad passes come from it, and a forward
+        comparison is the whole check (in the CPU label-free study the backward had cost seconds per training run).
+        """
         model = self.accelerator.unwrap_model(self.model)  # gradients taken here must not trigger DDP's reducer
+        with_gradient = not self._grpo_loss
         params = [p for p in model.parameters() if p.requires_grad]
         mask = inputs["completion_mask"]
         started = time.perf_counter()
         results = []
         try:
-            with torch.enable_grad():  # the first use may be a no-grad pass (TRL's old log-probs, the EM reward)
+            # The first use may be a no-grad pass (TRL's old log-probs, the EM reward): gradients are switched on.
+            with torch.enable_grad() if with_gradient else torch.no_grad():
                 for compute in (self._plain_logps_and_entropies, self._shared_logps_and_entropies):
                     logps, entropies, _ = compute(model, inputs)
                     total = mask.sum().clamp(min=1)
                     loss = (entropies * mask).sum() / total
                     mean_logp = (logps.detach() * mask).sum() / total
-                    grads = torch.autograd.grad(loss, params, allow_unused=True)
-                    results.append((loss.detach(), mean_logp, gradient_sketch(grads)))
-                    del grads, logps, entropies, loss
+                    sketch = (torch.zeros((), dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+                    if with_gradient:
+                        sketch = gradient_sketch(torch.autograd.grad(loss, params, allow_unused=True))
+                    results.append((loss.detach(), mean_logp, sketch))
+                    del logps, entropies, loss
         except Exception as error:  # noqa: BLE001 - every failure is reported, by kind
             if isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error):
                 return (
@@ -658,12 +667,14 @@ class EMTrainer(GRPOTrainer):
         (plain_loss, plain_logp, (plain_norm, plain_proj)), (shared_loss, shared_logp, (_, shared_proj)) = results
         loss_gap = max(relative_gap(shared_loss, plain_loss), relative_gap(shared_logp, plain_logp))
         grad_gap = float((shared_proj - plain_proj).pow(2).mean().sqrt() / plain_norm.clamp(min=1e-12))
+        if not with_gradient:
+            grad_gap = 0.0  # not compared: no loss goes through the shared path
         dtype = self._compute_dtype(model)
         loss_tolerance, grad_tolerance = check_tolerances(dtype)
         self.shared_prompt.check = {
             "loss_relative_gap": loss_gap, "grad_relative_gap": grad_gap, "compute_dtype": str(dtype).split(".")[-1],
             "loss_tolerance": loss_tolerance, "grad_tolerance": grad_tolerance,
-            "rows": int(mask.size(0)), "tokens": int(mask.size(1)),
+            "rows": int(mask.size(0)), "tokens": int(mask.size(1)), "gradient_compared": with_gradient,
             "seconds": round(time.perf_counter() - started, 3),
         }  # fmt: skip
         if loss_gap > loss_tolerance or grad_gap > grad_tolerance:
