@@ -148,3 +148,23 @@ def test_a_disagreeing_no_grad_pass_falls_back_and_says_why(tiny_model_dir, toke
             trainer, trainer.ref_model, input_ids, mask, batch["completion_ids"].size(1)
         )
     assert torch.allclose(batch["ref_per_token_logps"], plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["neg_entropy_reward", "grpo"])
+def test_the_first_use_check_runs_once_when_a_no_grad_pass_comes_first(tiny_model_dir, tokenizer, tmp_path,
+                                                                       objective):  # fmt: skip
+    """The check's own plain pass is a no-grad pass too: before, it started the check again, recursing (one forward
+    per level) until Python's limit, which made each GRPO step of the CPU label-free study take minutes."""
+    def constant(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    # GRPO: the reference pass (beta > 0) is its first no-grad pass.
+    extra = {"reward_funcs": [constant], "beta": 0.1} if objective == "grpo" else {}
+    trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, objective=objective, **extra)
+    calls = []
+    original = trainer._shared_prompt_check_outcome
+    trainer._shared_prompt_check_outcome = lambda inputs: calls.append(1) or original(inputs)
+    inject_generate(trainer, scripted_completions(tokenizer))
+    trainer.model.train()
+    trainer._generate_and_score_completions([trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2)
+    assert calls == [1] and trainer.shared_prompt.state == "on", trainer.shared_prompt

@@ -29,9 +29,9 @@ ABSTAIN = "abstain"
 class SharedPromptPolicy:
     """The run's decision about the shared-prompt forward.
 
-    ``state`` is ``"unchecked"`` until the first-use check, then ``"on"`` or ``"off"``; ``reason`` says why it is off
-    (for the whole run: ``shared_prompt_forward=False``, FSDP/DeepSpeed, an auxiliary loss; or the check's outcome);
-    ``check`` holds the check's figures (gaps, tolerances, seconds, slice).
+    ``state`` is ``"unchecked"`` until the first-use check (``"checking"`` while it runs), then ``"on"`` or
+    ``"off"``; ``reason`` says why it is off (for the whole run: ``shared_prompt_forward=False``, FSDP/DeepSpeed, an
+    auxiliary loss; or the check's outcome); ``check`` holds the check's figures (gaps, tolerances, seconds, slice).
     """
 
     run_reason: str | None

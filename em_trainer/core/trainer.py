@@ -571,6 +571,8 @@ class EMTrainer(GRPOTrainer):
     def _use_shared_prompt(self, inputs: dict[str, Any], other_inputs: bool, loss_reason: str | None = None) -> bool:
         """The one predicate: whether this pass runs through the shared-prompt forward (checked on first use)."""
         policy = self.shared_prompt
+        if policy.state == "checking":
+            return False  # a pass the first-use check itself runs (its plain side): never through the shared path
         if policy.state == "unchecked" and loss_reason is None:
             # Every process reaches this point at the same pass, so all take part in the decision.
             local = policy.batch_reason(inputs["prompt_ids"], other_inputs)
@@ -617,7 +619,13 @@ class EMTrainer(GRPOTrainer):
                 "micro-batch (%d rows of each of 2 prompts at most, %d tokens; once per run).",
                 CHECK_ROWS, CHECK_TOKENS,
             )  # fmt: skip
-        outcome = ABSTAIN if inputs is None else self._shared_prompt_check_outcome(check_slice(inputs))
+        # While it runs, the check's own no-grad plain pass must not start the check again (it recursed until Python's
+        # limit, each level a forward, and then switched the path off).
+        self.shared_prompt.state = "checking"
+        try:
+            outcome = ABSTAIN if inputs is None else self._shared_prompt_check_outcome(check_slice(inputs))
+        finally:
+            self.shared_prompt.state = "unchecked"
         self.shared_prompt.decide(gather_object([outcome]))
         if not self.accelerator.is_main_process:
             return
