@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .shared_prompt import distinct_prompts
+
 # The slice of a micro-batch that the first-use check runs on: two rows of each of two prompts (a shared prompt, and a
 # prefix on the wrong rows would show), and the first completion tokens, small enough to cost less than a plain step.
 # On SmolLM2 at the CPU demo's shape (8 x 64, one prompt) the check took 10.3 s at 4 rows x 64 tokens and 5.6 s at
@@ -79,8 +81,6 @@ def check_slice(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The check's inputs: ``CHECK_ROWS`` rows of each of the micro-batch's first two distinct prompts (two prompts, so
     that a prefix attached to the wrong rows shows; a one-prompt batch gives ``CHECK_ROWS`` rows), and the first
     ``CHECK_TOKENS`` completion tokens."""
-    from .shared_prompt import distinct_prompts
-
     _, inverse = distinct_prompts(inputs["prompt_ids"], inputs["prompt_mask"])
     order = list(dict.fromkeys(inverse.tolist()))[:2]  # distinct prompts in order of first occurrence
     rows = torch.cat([(inverse == group).nonzero().flatten()[:CHECK_ROWS] for group in order])

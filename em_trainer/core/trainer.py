@@ -659,7 +659,7 @@ class EMTrainer(GRPOTrainer):
                     total = mask.sum().clamp(min=1)
                     loss = (entropies * mask).sum() / total
                     mean_logp = (logps.detach() * mask).sum() / total
-                    sketch = (torch.zeros((), dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+                    sketch = None
                     if with_gradient:
                         sketch = gradient_sketch(torch.autograd.grad(loss, params, allow_unused=True))
                     results.append((loss.detach(), mean_logp, sketch))
@@ -672,11 +672,12 @@ class EMTrainer(GRPOTrainer):
                     "shared_prompt_forward=False to skip the check"
                 )
             return f"the model does not support it ({type(error).__name__}: {error})"
-        (plain_loss, plain_logp, (plain_norm, plain_proj)), (shared_loss, shared_logp, (_, shared_proj)) = results
+        (plain_loss, plain_logp, plain_sketch), (shared_loss, shared_logp, shared_sketch) = results
         loss_gap = max(relative_gap(shared_loss, plain_loss), relative_gap(shared_logp, plain_logp))
-        grad_gap = float((shared_proj - plain_proj).pow(2).mean().sqrt() / plain_norm.clamp(min=1e-12))
-        if not with_gradient:
-            grad_gap = 0.0  # not compared: no loss goes through the shared path
+        grad_gap = 0.0  # not compared where no loss goes through the shared path
+        if with_gradient:
+            (plain_norm, plain_proj), (_, shared_proj) = plain_sketch, shared_sketch
+            grad_gap = float((shared_proj - plain_proj).pow(2).mean().sqrt() / plain_norm.clamp(min=1e-12))
         dtype = self._compute_dtype(model)
         loss_tolerance, grad_tolerance = check_tolerances(dtype)
         self.shared_prompt.check = {

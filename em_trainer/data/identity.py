@@ -8,6 +8,7 @@ computation. Folder names stay readable: a name plus the first characters of the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -86,10 +87,12 @@ def directory_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"weights": weights, "configs": configs}
 
 
+@functools.cache
 def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
     """The commit a Hub revision points to: the revision itself when it is a commit hash; else the snapshot that the
     local cache recorded for it (``refs/<revision>``, what offline loading uses); else the Hub's answer when online;
-    None when none of these knows."""
+    None when none of these knows. Asked once per process: every identity of a run names the same commit, and a
+    run that computes several identities asks the Hub once."""
     import re
 
     revision = revision or "main"
