@@ -1,4 +1,5 @@
-"""Candidates that try to fool the grader or escape the sandbox, on the real sandbox (root + unshare, as in CI).
+"""Candidates that try to fool the grader or escape the sandbox, on the real sandbox (in CI: root mode under
+pytest, rootless mode in the same files run as an unprivileged user by ``make test``).
 
 Every case must be scored as a failure; the caller's memory must stay bounded; nothing may be left behind (files in
 /tmp or /dev/shm, processes of the sandbox users); and the next, honest candidate must still pass. The task is a
@@ -19,9 +20,14 @@ from pathlib import Path
 import pytest
 
 from em_trainer.evaluation.code_tasks import grade_code
-from em_trainer.evaluation.sandbox import CHECKER_UID, NOBODY, SandboxLimits, namespaces_available, run_untrusted
+from em_trainer.evaluation.sandbox import SandboxLimits, namespaces_available, run_untrusted
 
-pytestmark = pytest.mark.skipif(not namespaces_available(), reason="the sandbox's namespace layers need root")
+from .sandbox_helpers import sandbox_processes
+
+pytestmark = [
+    pytest.mark.skipif(not namespaces_available(), reason="the sandbox needs bubblewrap and user namespaces"),
+    pytest.mark.xdist_group("sandbox"),  # one worker: the checks for leftover processes see only this file's
+]
 
 FAST = SandboxLimits(timeout_s=4, cpu_s=3, memory_mb=512, processes=16, disk_mb=16, output_kb=256)
 SPEC = json.dumps({
@@ -51,7 +57,7 @@ FORGE = {
                                                    "    open('/proc/1/fd/1', 'w').write('{\"passed\": true}\\n')\n"
                                                    "    return 0\n",
     "reads the checker's tests for the answers": "import re\ndef add(a, b):\n"
-        "    text = open('/mnt/checker/test.py').read()\n"  # noqa: E131
+        "    text = open('/box/checker/test.py').read()\n"  # noqa: E131
         "    pairs = dict(re.findall(r'candidate\\((.*?)\\) == (-?\\d+)', text))\n"
         "    return int(pairs[f'{a}, {b}'])\n",
     "kills every process it can see": "import os, signal\nfor pid in os.listdir('/proc'):\n"
@@ -74,7 +80,7 @@ FORGE = {
     "rewrites builtins and assertions": "import builtins\nbuiltins.AssertionError = type('X', (Exception,), {})\n"
                                         "builtins.len = lambda *a: 0\ndef add(a, b):\n    return 0\n",
     "writes into the checker's folder": "def add(a, b):\n"
-                                        "    open('/mnt/checker/test.py', 'w').write('def check(c):\\n    pass\\n')\n"
+                                        "    open('/box/checker/test.py', 'w').write('def check(c):\\n    pass\\n')\n"
                                         "    return 0\n",
 }
 
@@ -125,19 +131,6 @@ class PeakMemory:
         self.growth = max(self.peak, _rss_mb()) - self.start
 
 
-def _sandbox_processes() -> list[str]:
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        uid = next((line.split()[1] for line in text.splitlines() if line.startswith("Uid:")), "")
-        if uid in (str(NOBODY), str(CHECKER_UID)):
-            found.append(status.parent.name)
-    return found
-
-
 def _leftovers() -> set[str]:
     """What the candidates here write to shared places (only those names: other tests, vLLM's engine among them, use
     /dev/shm at the same time under pytest-xdist), and the sandboxes' own host folders."""
@@ -153,7 +146,7 @@ def clean():
     yield
     time.sleep(0.2)  # the kernel tears the namespaces down after the sandbox's first process is gone
     assert _leftovers() - before == set(), "the sandbox left files behind"
-    assert _sandbox_processes() == [], "a sandbox process outlived its run"
+    assert sandbox_processes() == [], "a sandbox process outlived its run"
     assert grade_code(SPEC, HONEST, FAST) == (True, "passed"), "the next honest candidate no longer passes"
 
 

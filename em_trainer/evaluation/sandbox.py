@@ -1,28 +1,36 @@
 """Run model-written code in a sandbox: separate processes with limits, no network, private writable space.
 
 Text a model wrote is untrusted. It never runs in our process (no ``exec`` here): ``run_untrusted`` runs one program
-and returns its output; ``run_checked`` runs a candidate and a checker as two processes of different users connected
-by two pipes, and the verdict is the checker's alone. Layers, strongest first:
+and returns its output; ``run_checked`` runs a candidate and a checker, each in a sandbox of its own, connected by two
+pipes, and the verdict is the checker's alone. Every sandbox is a bubblewrap (``bwrap``) container:
 
-- **Namespaces** (root with ``unshare``, as on this project's CI): a new network namespace (only a downed loopback),
-  a new PID namespace with its own ``/proc`` (the candidate sees only its sandbox's processes), and a new mount
-  namespace in which the home directories, ``/root``, ``/tmp``, ``/run``, ``/var``, ``/srv``, ``/opt`` and the
-  working tree are covered by empty read-only filesystems. Everything the candidate can write (its directory,
-  ``/tmp``, ``/dev/shm``) lies on one private tmpfs with a size and an inode limit, gone when the sandbox ends.
-- **Unprivileged users**: the candidate runs as ``nobody`` (uid 65534); a checker as uid 65533, so the candidate can
-  neither read the checker's files nor signal, trace or open the file descriptors of its process.
-- **Resource limits** (always): CPU seconds, address space, file size, open files, processes; a wall-clock timeout
-  after which the whole sandbox is killed; output read as a stream and cut (the sandbox killed) past a cap, so the
-  caller's memory stays bounded whatever the candidate prints.
+- its own user, PID, network, IPC, UTS and mount namespaces; no user namespace, mount, keyring, System V IPC or
+  ``memfd`` from inside (``--disable-userns`` and the system-call filter of ``sandbox_seccomp``);
+- a root built from an allow-list (``/usr`` and the links or folders of ``/bin``, ``/lib``, ``/lib64``, ``/sbin``),
+  read-only, with its own ``/proc`` and a ``/dev`` of five devices; everything writable (its folder ``/box/<name>``,
+  ``/tmp``, ``/dev/shm``) lies on one tmpfs of ``disk_mb``, gone when the sandbox ends;
+- limits per process (CPU seconds, address space, file size, open files) and per sandbox (processes: the kernel
+  counts them per user namespace, so one sandbox's processes never count against another's); a wall-clock timeout
+  after which the whole sandbox is killed; output read as a stream and cut (the sandbox killed) past a cap.
 
-Without root or ``unshare`` (a developer's laptop) only the last layer and a clean environment apply, and
-``run_checked`` refuses to run (the verdict would not be separated); the ``isolation`` field of each result says
-which layers ran. Not protected against: kernel exploits and side channels. See ``docs/sandbox.md``.
+Two modes, chosen by ``sandbox_mode()``:
+
+- ``root`` (run as root, e.g. CI): each sandbox also runs as a user id of its own, taken from a pool for its
+  lifetime, and its tmpfs is mounted by us with an inode limit in a mount namespace that dies with it;
+- ``rootless`` (any user, with unprivileged user namespaces): the sandboxes run as the calling user, mapped.
+
+Without bubblewrap or user namespaces (``none``), ``run_untrusted`` applies only the per-process limits and a clean
+environment, and ``run_checked`` refuses to run, since its verdict would not be separated. The ``isolation`` field of
+each result says which layers ran. Not protected against: kernel exploits and side channels. See
+``docs/sandbox.md``.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
+import random
 import resource
 import shutil
 import signal
@@ -30,15 +38,20 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NOBODY = 65534
-CHECKER_UID = 65533
-HIDDEN_PATHS = ("/root", "/home", "/tmp", "/work", "/srv", "/opt", "/var", "/run", "/media")
-SYSTEM_PYTHON = "/usr/bin/python3"  # outside the hidden trees; candidates need only the standard library
-BOX = "/mnt"  # where the private tmpfs is mounted inside the sandbox (over the host's /mnt, which it hides)
+from . import sandbox_seccomp
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # inside the allow-listed /usr; candidates need only the standard library
+BOX = "/box"  # the sandbox's writable tmpfs: its folder, /tmp and /dev/shm
+SLOT_UID_BASE = 1_900_000_000  # root mode: sandbox n runs as uid SLOT_UID_BASE + n, unused on any real system
+SLOTS = 4096
+ALLOWED_ROOTS = ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/sbin")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+MODE_VARIABLE = "EM_TRAINER_SANDBOX"  # auto (default), root, rootless or none
 
 
 @dataclass(frozen=True)
@@ -54,11 +67,11 @@ class SandboxLimits:
     file_size_mb: int = field(default=16)
     """Largest file a process may write (RLIMIT_FSIZE)."""
     disk_mb: int = field(default=32)
-    """Everything writable together (its directory, /tmp, /dev/shm): one private tmpfs of this size."""
+    """Everything writable together (its folder, /tmp, /dev/shm): one private tmpfs of this size."""
     inodes: int = field(default=2048)
-    """Files and directories on that tmpfs."""
+    """Files and directories on that tmpfs (root mode; bubblewrap alone cannot set it)."""
     processes: int = field(default=32)
-    """Processes of each sandbox user (RLIMIT_NPROC; enforced when it runs as an unprivileged user)."""
+    """Processes (and threads) of one sandbox, counted in its own user namespace (RLIMIT_NPROC)."""
     open_files: int = field(default=64)
     """Open file descriptors (RLIMIT_NOFILE)."""
     output_kb: int = field(default=1024)
@@ -78,60 +91,187 @@ class SandboxResult:
     output_flood: bool = False
 
 
+class SandboxUnavailable(OSError):
+    """``run_checked`` needs the namespace layers (bubblewrap with user namespaces); the message says so."""
+
+
+BASE_LAYERS = ["rlimits", "clean-env", "process-group", "output-cap"]
+NAMESPACE_LAYERS = ["bubblewrap", "user-namespace", "net-namespace", "pid-namespace", "ipc-namespace",
+                    "uts-namespace", "mount-namespace", "allow-list-root", "private-tmpfs", "no-userns-inside",
+                    "seccomp", "processes-per-sandbox"]  # fmt: skip
+ROOT_LAYERS = ["uid-per-sandbox", "inode-limit"]
+
+
+# ----------------------------------------------------------------------------------------------------- the mode
+def sandbox_mode() -> str:
+    """``root``, ``rootless`` or ``none``: the strongest mode that works here (tried once per process), or the one
+    ``EM_TRAINER_SANDBOX`` asks for (an unusable request is an error that says why)."""
+    wanted = os.environ.get(MODE_VARIABLE, "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "root", "rootless", "none"):
+        raise ValueError(f"{MODE_VARIABLE}={wanted!r}: use auto, root, rootless or none")
+    if wanted == "none":
+        return "none"
+    candidates = ["root", "rootless"] if wanted == "auto" else [wanted]
+    reasons = []
+    for mode in candidates:
+        reason = _unusable(mode)
+        if reason is None:
+            return mode
+        reasons.append(f"{mode}: {reason}")
+    if wanted != "auto":
+        raise SandboxUnavailable(f"{MODE_VARIABLE}={wanted} cannot be used here ({reasons[0]})")
+    return "none"
+
+
 def namespaces_available() -> bool:
-    return os.geteuid() == 0 and shutil.which("unshare") is not None and sys.platform.startswith("linux")
+    """Whether sandboxes get their namespaces here (either mode)."""
+    return sandbox_mode() != "none"
 
 
-def _limit(limits: SandboxLimits, as_root_dropping: bool):
+@functools.cache
+def _unusable(mode: str) -> str | None:
+    """Why ``mode`` does not work on this machine, or None: the reason comes from a real sandbox running ``true``."""
+    if not sys.platform.startswith("linux"):
+        return "Linux only"
+    if shutil.which("bwrap") is None:
+        return "bubblewrap is not installed (Debian/Ubuntu: apt install bubblewrap; Fedora: dnf install bubblewrap)"
+    if not sandbox_seccomp.supported():
+        return "no system-call filter for this architecture"
+    if mode == "root" and (os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("unshare", "setpriv"))):
+        return "needs root, unshare and setpriv (util-linux)"
+    if mode == "rootless" and os.geteuid() == 0:
+        return "runs as root: the root mode applies"
+    try:
+        limits = SandboxLimits(timeout_s=30)
+        with _sandbox(mode, limits, "probe", {}, ["/bin/true"]) as (argv, fds):
+            probe = subprocess.run(argv, pass_fds=fds, capture_output=True, timeout=30, env=_ENV, check=False)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"{type(error).__name__}: {error}"
+    if probe.returncode != 0:
+        return (probe.stderr.decode(errors="replace").strip().splitlines() or ["exit status"])[-1][:200] + (
+            " (user namespaces may be off: sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces)"
+        )
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ the sandboxes
+_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _root_folder(name: str, mode: int) -> Path:
+    """A folder of root mode's, the same for every process on the machine whatever its ``TMPDIR``."""
+    folder = Path("/run/lock" if os.path.isdir("/run/lock") else "/var/tmp") / f"em-trainer-sandbox-{name}"
+    folder.mkdir(mode=mode, exist_ok=True)
+    return folder
+
+
+@contextmanager
+def _uid_slot() -> Iterator[int]:
+    """A user id no other sandbox on this machine holds now (root mode): a lock file per id, held while it runs."""
+    folder = _root_folder("slots", 0o700)
+    start = random.randrange(SLOTS)
+    for offset in range(SLOTS):
+        slot = (start + offset) % SLOTS
+        handle = open(folder / f"{slot}.lock", "a")  # noqa: SIM115 - held until the sandbox ends
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        try:
+            yield SLOT_UID_BASE + slot
+        finally:
+            handle.close()
+        return
+    raise SandboxUnavailable(f"all {SLOTS} sandbox user ids are in use")
+
+
+def _allowed_root() -> list[str]:
+    """bwrap arguments for the read-only root: the allow-list, links kept as links (merged /usr)."""
+    args = []
+    for path in ALLOWED_ROOTS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+@contextmanager
+def _sandbox(
+    mode: str,
+    limits: SandboxLimits,
+    name: str,
+    files: dict[str, str],
+    argv: Sequence[str],
+    keep_fds: Sequence[int] = (),
+) -> Iterator[tuple[list[str], list[int]]]:
+    """The command line that runs ``argv`` in ``/box/<name>`` holding ``files``, and the fds it must inherit.
+
+    Files go in through ``bwrap --file`` from descriptors, so the host folder they come from can be anywhere
+    (``TMPDIR`` under ``/mnt`` included) and never becomes visible inside.
+    """
+    with ExitStack() as stack:
+        host = Path(tempfile.mkdtemp(prefix="em-sandbox-"))
+        stack.callback(shutil.rmtree, host, ignore_errors=True)
+        fds = list(keep_fds)
+
+        def descriptor(data: bytes, label: str) -> int:
+            path = host / label
+            path.write_bytes(data)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            stack.callback(os.close, fd)
+            fds.append(fd)
+            return fd
+
+        box = f"{BOX}/{name}"
+        # --as-pid-1: the program is the namespace's init; with bubblewrap's own init, an orphaned bwrap process
+        # stayed a zombie on hosts whose PID 1 does not reap (containers), one per sandbox.
+        args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+                "--as-pid-1", "--hostname", "sandbox", *_allowed_root(), "--proc", "/proc",
+                "--tmpfs", "/dev"]  # fmt: skip
+        for device in DEVICES:
+            args += ["--dev-bind", f"/dev/{device}", f"/dev/{device}"]
+        args += ["--symlink", "/proc/self/fd", "/dev/fd", "--symlink", f"{BOX}/shm", "/dev/shm",
+                 "--symlink", f"{BOX}/tmp", "/tmp"]  # fmt: skip
+        if mode == "root":
+            uid = stack.enter_context(_uid_slot())
+            # A mount point only: each sandbox mounts its own tmpfs on it in a mount namespace of its own. Fixed and
+            # traversable, so the sandbox's user reaches it whatever TMPDIR is (our temp folder is private to us).
+            mount_point = _root_folder("box", 0o755)
+            args += ["--bind", str(mount_point), BOX]
+        else:
+            args += ["--perms", "0700", "--size", str(limits.disk_mb * 1024 * 1024), "--tmpfs", BOX]
+        args += ["--dir", f"{BOX}/tmp", "--dir", f"{BOX}/shm", "--dir", box]
+        for index, (file_name, text) in enumerate(files.items()):
+            args += ["--file", str(descriptor(text.encode("utf-8"), f"file-{index}")), f"{box}/{file_name}"]
+        args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", box]
+        args += ["--seccomp", str(descriptor(sandbox_seccomp.filter_program(), "seccomp.bpf"))]
+        args += ["--", "prlimit", f"--nproc={limits.processes}", "--", *argv]
+        if mode == "root":
+            # The tmpfs (with an inode limit, which bwrap cannot set) is mounted in a mount namespace of its own
+            # that ends with the sandbox; then the sandbox's own user starts bubblewrap without privileges.
+            options = (f"size={limits.disk_mb}m,nr_inodes={limits.inodes},mode=0700,uid={uid},gid={uid},"
+                       "nosuid,nodev")  # fmt: skip
+            script = f'mount -t tmpfs -o {options} none "$0" && exec setpriv --reuid={uid} --regid={uid} ' \
+                     '--clear-groups -- "$@"'  # fmt: skip
+            args = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
+                    str(mount_point), *args]  # fmt: skip
+        yield args, fds
+
+
+def _limit(limits: SandboxLimits, own_session: bool = True):
     def apply() -> None:
-        os.setsid()  # its own process group, killed as a whole
+        if own_session:
+            os.setsid()  # its own process group, killed as a whole
         mb = 1024 * 1024
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s))
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * mb, limits.memory_mb * mb))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_mb * mb, limits.file_size_mb * mb))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if not as_root_dropping:  # as root, the limit is set after dropping to the sandbox user (root ignores it)
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
 
     return apply
-
-
-def _prepare(host_dir: Path, owners: dict[str, int]) -> None:
-    """Lay out ``host_dir`` as the sandbox will see it (``cp -a`` keeps owners and modes): ``tmp`` and ``shm`` for
-    everyone, each of ``owners``' folders private to its user. Done here, so the sandbox runs no chown/chmod/mkdir."""
-    for name in ("tmp", "shm"):
-        (host_dir / name).mkdir()
-        os.chmod(host_dir / name, 0o1777)
-    for name, uid in owners.items():
-        for path in [host_dir / name, *(host_dir / name).rglob("*")]:
-            os.chown(path, uid, uid)
-        os.chmod(host_dir / name, 0o700)
-    os.chmod(host_dir, 0o755)
-
-
-def _mounts(limits: SandboxLimits, host_dir: Path) -> str:
-    """The namespace's mounts: one private tmpfs for all writable space with a copy of ``host_dir`` on it, the
-    private trees covered read-only, and /tmp and /dev/shm bound to folders of that tmpfs. The covers and binds are
-    one ``mount -a`` over a table written here (one process instead of a dozen: sandbox start-up is most of a
-    grade's time)."""
-    table = [f"none {path} tmpfs ro,size=4k,nr_inodes=16 0 0" for path in HIDDEN_PATHS if os.path.isdir(path)]
-    table.append(f"{BOX}/tmp /tmp none bind 0 0")
-    if os.path.isdir("/dev/shm"):
-        table.append(f"{BOX}/shm /dev/shm none bind 0 0")
-    (host_dir / "fstab").write_text("\n".join(table) + "\n", encoding="utf-8")
-    return (
-        "set -e; mount --make-rprivate /; "
-        f"mount -t tmpfs -o size={limits.disk_mb}m,nr_inodes={limits.inodes},mode=755,nosuid,nodev "
-        f"none {BOX}; cp -a {host_dir}/. {BOX}/; mount -a -T {BOX}/fstab; "
-    )
-
-
-def _as_user(uid: int, limits: SandboxLimits, argv: Sequence[str]) -> str:
-    return (
-        f"prlimit --nproc={limits.processes} setpriv --reuid={uid} --regid={uid} --clear-groups --no-new-privs -- "
-        + " ".join(argv)
-    )
 
 
 class _Capped:
@@ -141,10 +281,10 @@ class _Capped:
         self.chunks: list[bytes] = []
         self.kept = 0
         self.flooded = False
-        self._thread = threading.Thread(target=self._run, args=(stream, cap, on_flood), daemon=True)
+        self._thread = threading.Thread(target=self._read, args=(stream, cap, on_flood), daemon=True)
         self._thread.start()
 
-    def _run(self, stream, cap: int, on_flood) -> None:
+    def _read(self, stream, cap: int, on_flood) -> None:
         while chunk := stream.read1(1 << 16):
             if self.kept < cap:
                 self.chunks.append(chunk[: cap - self.kept])
@@ -159,155 +299,159 @@ class _Capped:
         return b"".join(self.chunks).decode("utf-8", "replace")
 
 
-def _run(
-    command: list[str], cwd: str, limits: SandboxLimits, use_ns: bool, stdin: str
-) -> tuple[int | None, bool, bool, str, str]:
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=_limit(limits, use_ns),  # noqa: PLW1509 - limits must be set in the child before exec
-    )
-
-    def kill() -> None:
-        # In namespaces, kill the namespace's first process: the kernel then kills and reaps every process in it
-        # before that process's exit completes, so unshare, and our wait on it, return only once nothing is left.
-        # (Killing unshare's group instead would return while the sandbox is still being torn down.)
-        children = []
-        if use_ns:
-            try:
-                listed = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
-                children = [int(pid) for pid in listed.split()]
-            except (OSError, ValueError):
-                children = []
+def _kill(process: subprocess.Popen, sandboxed: bool) -> None:
+    """Kill a sandbox: its namespace's first process (bubblewrap's child), so that the kernel kills and reaps every
+    process in it before that process's exit completes, and bubblewrap, and our wait on it, return only once nothing
+    is left. Before that child exists (or without namespaces), the process group."""
+    children = []
+    if sandboxed:
         try:
-            for child in children:
-                os.kill(child, signal.SIGKILL)
-            if not children:
-                os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            listed = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+            children = [int(pid) for pid in listed.split()]
+        except (OSError, ValueError):
+            children = []
+    try:
+        for child in children:
+            os.kill(child, signal.SIGKILL)
+        if not children:
+            os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _supervise(
+    main: subprocess.Popen, others: list[subprocess.Popen], streams: tuple, limits: SandboxLimits, sandboxed: bool,
+    stdin: str = "",
+) -> tuple[int | None, bool, bool, str, str]:  # fmt: skip
+    """Wait for ``main`` within the timeout, reading ``streams`` (stdout, stderr) capped; then end every process."""
+    everyone = [main, *others]
+
+    def kill_all() -> None:
+        for process in everyone:
+            _kill(process, sandboxed)
 
     cap = limits.output_kb * 1024
-    out, err = _Capped(process.stdout, cap, kill), _Capped(process.stderr, cap, kill)
+    out, err = _Capped(streams[0], cap, kill_all), _Capped(streams[1], cap, kill_all)
+    writer = None
+    if main.stdin is not None:
 
-    def feed() -> None:
-        try:
-            process.stdin.write(stdin.encode())
-            process.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass
+        def feed() -> None:
+            try:
+                main.stdin.write(stdin.encode())
+                main.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
 
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
     timed_out = False
     try:
-        process.wait(timeout=limits.timeout_s)
+        main.wait(timeout=limits.timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        kill()
+    for process in everyone:
+        if timed_out or process is not main:
+            _kill(process, sandboxed)
         process.wait()
-    if not use_ns:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # whatever the program left running in its group goes with it
-        except ProcessLookupError:
-            pass
+        if not sandboxed:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # whatever the program left running in its group goes with it
+            except ProcessLookupError:
+                pass
     stdout, stderr = out.text(), err.text()
-    writer.join(timeout=1)
-    return process.returncode, timed_out, out.flooded or err.flooded, stdout, stderr
+    if writer is not None:
+        writer.join(timeout=1)
+    return main.returncode, timed_out, out.flooded or err.flooded, stdout, stderr
 
 
+def _layers(mode: str, *extra: str) -> list[str]:
+    return BASE_LAYERS + NAMESPACE_LAYERS + (ROOT_LAYERS if mode == "root" else []) + [f"mode-{mode}", *extra]
+
+
+# ------------------------------------------------------------------------------------------------ the interface
 def run_untrusted(
     code: str,
     limits: SandboxLimits | None = None,
     stdin: str = "",
-    python: str | None = None,
 ) -> SandboxResult:
     """Run ``code`` as a Python program in the sandbox; return how it ended (never raises for what the code did)."""
     limits = limits or SandboxLimits()
-    root = Path(tempfile.mkdtemp(prefix="em-sandbox-"))
-    isolation = ["rlimits", "clean-env", "process-group", "temp-dir", "output-cap"]
-    try:
-        (root / "run").mkdir()
-        (root / "run" / "candidate.py").write_text(code, encoding="utf-8")
-        use_ns = namespaces_available() and (python is not None or os.path.exists(SYSTEM_PYTHON))
-        python = python or (SYSTEM_PYTHON if use_ns else sys.executable)
-        run = [python, "-I", "-S", "candidate.py"]
-        if use_ns:
-            _prepare(root, {"run": NOBODY})
-            script = _mounts(limits, root) + f"cd {BOX}/run; exec " + _as_user(NOBODY, limits, run)
-            command = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
-                       "sh", "-c", script]  # fmt: skip
-            cwd = "/"
-            isolation += ["net-namespace", "pid-namespace", "own-proc", "mount-namespace", "private-tmpfs",
-                          "uid-nobody"]  # fmt: skip
+    mode = sandbox_mode()
+    with ExitStack() as stack:
+        if mode == "none":
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="em-sandbox-")))
+            (folder / "candidate.py").write_text(code, encoding="utf-8")
+            argv, fds, cwd = [sys.executable, "-I", "-S", "candidate.py"], [], str(folder)
+            isolation = [*BASE_LAYERS, "temp-dir", "mode-none"]
         else:
-            command, cwd = run, str(root / "run")
-        code_, timed_out, flood, stdout, stderr = _run(command, cwd, limits, use_ns, stdin)
-        ok = code_ == 0 and not timed_out and not flood
-        return SandboxResult(ok, code_, timed_out, stdout, stderr, isolation, flood)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-class SandboxUnavailable(OSError):
-    """``run_checked`` needs the namespace layers (root and ``unshare``); the message says so."""
+            argv, fds = stack.enter_context(
+                _sandbox(mode, limits, "run", {"candidate.py": code}, [SYSTEM_PYTHON, "-I", "-S", "candidate.py"])
+            )
+            cwd, isolation = "/", _layers(mode)
+        process = subprocess.Popen(
+            argv, cwd=cwd, env=_ENV, pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, preexec_fn=_limit(limits),  # noqa: PLW1509 - limits set in the child before exec
+        )  # fmt: skip
+        code_, timed_out, flood, stdout, stderr = _supervise(
+            process, [], (process.stdout, process.stderr), limits, mode != "none", stdin
+        )
+    ok = code_ == 0 and not timed_out and not flood
+    return SandboxResult(ok, code_, timed_out, stdout, stderr, isolation, flood)
 
 
 def run_checked(
     candidate_files: dict[str, str],
     checker_files: dict[str, str],
     limits: SandboxLimits | None = None,
-    python: str | None = None,
 ) -> SandboxResult:
-    """Run ``candidate/main.py`` (as ``nobody``) and ``checker/main.py`` (as uid 65533) side by side in one sandbox.
+    """Run ``candidate/main.py`` and ``checker/main.py``, each in a sandbox of its own, side by side.
 
-    The two talk over two pipes only (FIFOs that only the sandbox's root can open): the checker writes requests on
-    its fd 4 and reads answers on fd 3; the candidate reads requests on fd 3 and writes answers on fd 4. The
-    candidate's stdout and stderr go to the result's ``stderr``; the checker's stdout is the result's ``stdout``,
-    which the candidate cannot reach. ``passed`` is the checker's exit status 0 within the limits; what the checker
-    printed is for the caller to read.
+    The two talk over two pipes only, made here: the checker writes requests and reads answers, the candidate the
+    reverse; each program gets its two ends as ``main.py READ_FD WRITE_FD``. The candidate cannot see the checker at
+    all (other namespaces: no process, file or socket in common; in root mode another user too). The candidate's
+    stdout and stderr go to the result's ``stderr``; the checker's stdout is the result's ``stdout``. ``passed`` is
+    the checker's exit status 0 within the limits; what the checker printed is for the caller to read.
     """
     limits = limits or SandboxLimits()
-    python = python or SYSTEM_PYTHON
-    if not namespaces_available() or not os.path.exists(python):
+    mode = sandbox_mode()
+    if mode == "none":
+        reasons = "; ".join(f"{m}: {_unusable(m)}" for m in ("root", "rootless"))
         raise SandboxUnavailable(
-            "Grading a function separates the checker from the candidate with Linux namespaces and two users, "
-            "which needs root and `unshare` (util-linux), and /usr/bin/python3. Run grading as root (a container "
-            "or a CI machine), or leave code benchmarks out."
+            "Grading a function runs the checker and the candidate in separate sandboxes, which needs bubblewrap and "
+            f"user namespaces ({reasons}). Install bubblewrap, or leave code benchmarks out."
         )
-    root = Path(tempfile.mkdtemp(prefix="em-sandbox-"))
-    isolation = ["rlimits", "clean-env", "process-group", "temp-dir", "output-cap", "net-namespace", "pid-namespace",
-                 "own-proc", "mount-namespace", "private-tmpfs", "uid-nobody", "checker-uid"]  # fmt: skip
+    request_read, request_write = os.pipe()
+    answer_read, answer_write = os.pipe()
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    ends = [request_read, request_write, answer_read, answer_write, out_write, err_write]
+    processes: list[subprocess.Popen] = []
     try:
-        for folder, files in (("candidate", candidate_files), ("checker", checker_files)):
-            (root / folder).mkdir()
-            for name, text in files.items():
-                (root / folder / name).write_text(text, encoding="utf-8")
-        for name in ("request", "answer"):
-            os.mkfifo(root / name, 0o600)  # root's: neither sandbox user can open them
-        _prepare(root, {"candidate": NOBODY, "checker": CHECKER_UID})
-        run = [python, "-I", "-S", "main.py"]
-        # The two pipes are FIFOs made inside the sandbox (root's, mode 600: neither program can open them), opened
-        # by bash alone, so that when one program ends the other reads end-of-file. Opening each read-write first
-        # keeps the one-way opens from blocking; those read-write ends are closed before either program starts.
-        ends = "22<&- 23>&- 24<&- 25>&-"
-        script = (
-            _mounts(limits, root)
-            + f"exec 20<>{BOX}/request 21<>{BOX}/answer; "
-            + f"exec 22<{BOX}/request 23>{BOX}/request 24<{BOX}/answer 25>{BOX}/answer; exec 20<&- 21<&-; "
-            + f"cd {BOX}/candidate; {_as_user(NOBODY, limits, run)} 3<&22 4>&25 {ends} 0</dev/null 1>&2 & "
-            + f"cd {BOX}/checker; {_as_user(CHECKER_UID, limits, run)} 3<&24 4>&23 {ends} 0</dev/null & "
-            + f"checker=$!; exec {ends}; wait $checker"
-        )
-        command = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
-                   "bash", "-c", script]  # fmt: skip
-        code_, timed_out, flood, stdout, stderr = _run(command, "/", limits, True, "")
-        ok = code_ == 0 and not timed_out and not flood
-        return SandboxResult(ok, code_, timed_out, stdout, stderr, isolation, flood)
+        with ExitStack() as stack:
+            python = [SYSTEM_PYTHON, "-I", "-S", "main.py"]
+            cand_argv, cand_fds = stack.enter_context(_sandbox(
+                mode, limits, "candidate", candidate_files, [*python, str(request_read), str(answer_write)],
+                keep_fds=[request_read, answer_write]))  # fmt: skip
+            check_argv, check_fds = stack.enter_context(_sandbox(
+                mode, limits, "checker", checker_files, [*python, str(answer_read), str(request_write)],
+                keep_fds=[answer_read, request_write]))  # fmt: skip
+            common = {"cwd": "/", "env": _ENV, "stdin": subprocess.DEVNULL, "stderr": err_write,
+                      "preexec_fn": _limit(limits)}  # fmt: skip
+            processes.append(subprocess.Popen(check_argv, pass_fds=check_fds, stdout=out_write, **common))  # noqa: PLW1509
+            processes.append(subprocess.Popen(cand_argv, pass_fds=cand_fds, stdout=err_write, **common))  # noqa: PLW1509
+            for fd in ends:  # only the sandboxes hold them now: when one side ends, the other reads end-of-file
+                os.close(fd)
+            ends = []
+            streams = (os.fdopen(out_read, "rb"), os.fdopen(err_read, "rb"))
+            out_read = err_read = -1
+            code_, timed_out, flood, stdout, stderr = _supervise(processes[0], processes[1:], streams, limits, True)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        for fd in [*ends, out_read, err_read]:
+            if fd >= 0:
+                os.close(fd)
+        for process in processes:
+            if process.poll() is None:
+                _kill(process, True)
+                process.wait()
+    ok = code_ == 0 and not timed_out and not flood
+    return SandboxResult(ok, code_, timed_out, stdout, stderr, _layers(mode, "checker-sandbox"), flood)

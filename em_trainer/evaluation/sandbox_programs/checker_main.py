@@ -27,12 +27,23 @@ def receive():
         raise CandidateLost(f"no valid answer from the candidate ({type(error).__name__})") from None
 
 
+class CandidateRaised(BaseException):
+    """The candidate raised an exception the check may not see as itself. A ``BaseException``, so that no
+    ``except Exception`` in a check swallows it: it ends the check as a failure."""
+
+
+# Exceptions that steer control flow rather than report an error: re-raised in the check, StopIteration would end a
+# loop over the candidate's results (``map``, ``iter``, ``next`` with a default) early, as if every case had passed.
+CONTROL_FLOW = (StopIteration, StopAsyncIteration, GeneratorExit, SystemExit, KeyboardInterrupt)
+
+
 def exception(name, message):
+    """The candidate's exception as the check would see it from a local call: an ordinary built-in error is raised
+    as itself (checks test ``raises ValueError``), anything else as ``CandidateRaised``."""
     cls = getattr(builtins, name, None)
-    forbidden = (SystemExit, KeyboardInterrupt, GeneratorExit)
-    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, forbidden):
+    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, CONTROL_FLOW):
         return cls(message)
-    return RuntimeError(f"{name}: {message}")
+    return CandidateRaised(f"{name}: {message}")
 
 
 class Candidate:
@@ -69,6 +80,6 @@ try:
 except AssertionError:
     where = traceback.extract_tb(sys.exc_info()[2])[-1]
     verdict(False, f"assertion failed: {where.line}")
-except Exception as error:  # noqa: BLE001 - every other failure is a failed test, with its reason
+except (Exception, CandidateRaised) as error:  # noqa: BLE001 - every other failure is a failed test, with its reason
     verdict(False, f"{type(error).__name__}: {error}")
 verdict(True, "passed")

@@ -79,9 +79,9 @@ def decode(value, classes):
 
 
 def channel():
-    """This side's two pipe ends, as the sandbox hands them over: fd 3 to read, fd 4 to write."""
+    """This side's two pipe ends, as the sandbox hands them over: ``main.py READ_FD WRITE_FD``."""
     sys.setrecursionlimit(20000)  # long linked lists and deep trees are encoded recursively
-    return os.fdopen(3, "rb"), os.fdopen(4, "wb")
+    return os.fdopen(int(sys.argv[1]), "rb"), os.fdopen(int(sys.argv[2]), "wb")
 
 
 def dumps(value):
