@@ -84,7 +84,7 @@ def straight_run(tiny_model_dir, tmp_path_factory):
 #   is left once a candidate is graded, which another worker's sandboxes running at that moment would break;
 # - "vllm": the real engines, each of which reserves a quarter of the machine's memory for its KV cache;
 # - "torchrun": the two-process runs, which share one rendezvous port.
-SANDBOX_FILES = {"test_sandbox.py", "test_sandbox_hostile.py", "test_code_eval.py"}
+SANDBOX_FILES = {"test_sandbox.py", "test_sandbox_hostile.py", "test_sandbox_isolation.py", "test_code_eval.py"}
 
 
 def xdist_group(item) -> str | None:

@@ -271,3 +271,14 @@ def test_train_check_validates_and_stops_before_loading(files, capsys):
     assert main(["train", "--model", files["tiny"], "--check", "--output_dir", str(out)]) == 0
     assert "check passed" in capsys.readouterr().out
     assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+
+
+def test_plain_prompts_is_raw_or_chat(tmp_path):
+    from em_trainer.data.prompts import load_prompt_dataset
+    from em_trainer.data.sources import DatasetError
+
+    source = tmp_path / "plain.jsonl"
+    source.write_text('{"prompt": "What is 2 + 2?"}\n')
+    assert load_prompt_dataset(str(source))[0]["prompt"] == "What is 2 + 2?"  # the Python API keeps TRL's format
+    with pytest.raises(DatasetError, match="plain_prompts='chats': use 'raw'"):
+        load_prompt_dataset(str(source), plain_prompts="chats")

@@ -97,3 +97,43 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model_dir, tokenizer, 
     assert resumed.state.global_step == 3
     for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_version_and_env_say_what_a_bug_report_needs(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"em-trainer {version('em-trainer')}\n"
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    for key in ("Python version", "em-trainer version", "CPU", "torch version", "trl version", "transformers version",
+                "Code sandbox", "Math grader version", "Embedded model"):  # fmt: skip
+        assert f"- {key}: " in out, key
+    assert f"- trl version: {version('trl')}\n" in out
+
+
+def test_train_help_shows_em_options_first_and_every_verb_its_defaults_and_config(capsys):
+    """Before: `train --help` was 1,532 lines with the first EM flag at line 1,325; other verbs showed no defaults;
+    no verb mentioned --config."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from em_trainer.cli import VERBS
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    first_flag = next(i for i, line in enumerate(lines) if line.strip().startswith("--"))
+    assert first_flag < 20 and lines[first_flag].split()[0] == "--objective", lines[first_flag]
+    sections = ["EM options", "em-trainer train options", "GRPO options", "training options", "model options"]
+    positions = [out.index(f"\n{title}") for title in sections]
+    assert positions == sorted(positions)
+    own = {f.name for f in dataclasses.fields(EMConfig)} - {f.name for f in dataclasses.fields(GRPOConfig)}
+    assert all(out.index(f"--{name} ") < positions[1] for name in own)
+    for verb in VERBS:
+        assert main([verb, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "--config FILE" in text, verb
+        if verb != "env":  # env has no options
+            assert "(default: " in text or "default: " in text, verb

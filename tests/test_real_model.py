@@ -115,3 +115,32 @@ def test_em_rl_on_smollm2_lowers_entropy(smollm2_dir, tokenizer, tmp_path):
     print(f"\nEM-RL rewards per step: {[round(r, 3) for r in rewards]}\nbefore: {before}\nafter:  {after}")
     # The token reward is minus the mean entropy: measured on fresh samples, outside the trainer, it went up.
     assert -after.mean_entropy > -before.mean_entropy
+
+
+def test_a_plain_prompt_on_the_embedded_chat_model_is_handled_as_documented(smollm2_dir, tokenizer, tmp_path):
+    """Cost (about 20 s): two one-step runs on the real SmolLM2-135M-Instruct. A plain-text prompt column, loaded as
+    `em-trainer train` loads it (plain_prompts='chat'), trains on real responses; loaded raw (TRL's format, the
+    Python default) the chat model ends most responses at once, and the first step stops with the cause."""
+    import json
+
+    from em_trainer import load_prompt_dataset
+    from em_trainer.core.config import EMConfigError
+
+    source = tmp_path / "plain.jsonl"
+    source.write_text(json.dumps({"prompt": "What is 12 + 7?"}) + "\n")
+
+    def run(plain_prompts: str) -> EMTrainer:
+        dataset = load_prompt_dataset(str(source), plain_prompts=plain_prompts)
+        args = EMConfig(output_dir=str(tmp_path / plain_prompts), responses_per_step=8, max_completion_length=16,
+                        max_steps=1, temperature=1.0, gradient_checkpointing=False, save_strategy="no",
+                        report_to="none", seed=0)  # fmt: skip
+        trainer = EMTrainer(model=smollm2_dir, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer.train()
+        return trainer
+
+    assert load_prompt_dataset(str(source), plain_prompts="chat")[0]["prompt"] == [
+        {"role": "user", "content": "What is 12 + 7?"}
+    ]
+    assert run("chat").state.global_step == 1
+    with pytest.raises(EMConfigError, match="one token long.*plain-text prompt on a chat model"):
+        run("raw")

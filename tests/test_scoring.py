@@ -106,3 +106,14 @@ def test_a_prediction_needs_an_anchor_or_is_the_last_number(gold, completion, co
     """Before, math-verify evaluated any expression it found: "We need to compute 43 - 15" graded as 28. Now as in
     open-r1 (an anchor) and the Qwen2.5-Math evaluation (else the last number)."""
     assert grade(gold, completion).correct is correct
+
+
+def test_every_hand_labelled_completion_gets_the_verdict_a_person_gave():
+    """tests/data/math_grading_corpus.jsonl: restated questions, several boxes, truncation, units, thousands
+    separators, trailing text, each with the verdict written by hand. The previous grader credited three of them
+    (it evaluated "We need to compute 43 - 15" as 28); benchmarks/grader_agreement.py compares the other graders."""
+    corpus = Path(__file__).parent / "data" / "math_grading_corpus.jsonl"
+    rows = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(rows) >= 25 and {row["correct"] for row in rows} == {True, False}
+    wrong = [row["case"] for row in rows if grade(row["gold"], row["completion"]).correct != row["correct"]]
+    assert wrong == []

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-VERBS = ("train", "select", "generate", "eval", "analyze", "sweep", "study")
+VERBS = ("train", "select", "generate", "eval", "analyze", "sweep", "study", "env")
 
 
 def _verb(name: str):
@@ -20,7 +20,8 @@ def _verb(name: str):
 
 def usage() -> str:
     """The top-level usage, generated from the verbs' own help lines."""
-    lines = ["usage: em-trainer <command> [options]", "", "commands:"]
+    lines = ["usage: em-trainer <command> [options]   (em-trainer --version: the installed version)", "",
+             "commands:"]
     lines += [f"  {name:<9} {_verb(name).HELP}" for name in VERBS]
     lines += ["", "`em-trainer <command> --help` lists a command's options: snake_case flags, or the same keys in a",
               "YAML given with --config (TrlParser's dialect, flags winning over the file). With no options,",
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        print(f"em-trainer {__version__()}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in VERBS:
@@ -60,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def __version__() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("em-trainer")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "unknown (not installed)"
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from typing import Any, NoReturn
 
@@ -20,13 +21,35 @@ from ..decoding.generation import SamplingSettings
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, ImportError, OSError)
 
 
+CONFIG_EPILOG = (
+    "--config FILE: a YAML file of these options (keys are the flag names, lists for repeatable flags); flags given "
+    "on the command line win over the file. `--config=FILE` works too."
+)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help shows its default, also an option declared without a help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:  # "(default: None)" says nothing
+            return action.help
+        return super()._get_help_string(action)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+
 class VerbParser(TrlParser):
     """TrlParser with the verb's flags declared one by one: a YAML ``--config`` whose keys are the flags' defaults,
     then flags on top (TRL's dialect, as ``train`` and ``study`` parse it), and a one-line refusal:
     ``em-trainer eval: error: argument --limit: -1: must be >= 1``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.HelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        kwargs.setdefault("epilog", CONFIG_EPILOG)
         super().__init__(None, *args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -80,6 +103,18 @@ class VerbParser(TrlParser):
             if flag in dashed:
                 print(f"{self.prog}: deprecated: {flag} is now --{flag[2:].replace('-', '_')}",
                       file=sys.stderr)  # fmt: skip
+
+
+def group_help(parser: argparse.ArgumentParser, sections: list[tuple[str, set[str]]]) -> None:
+    """Show the options in ``sections`` (title, option names), in that order: argparse prints its groups in the order
+    they were made, each with its own actions. Parsing is unchanged; options in no section stay under "options"."""
+    default = parser._optionals
+    for title, names in sections:
+        group = parser.add_argument_group(title)
+        for action in list(default._group_actions):
+            if action.dest in names:
+                default._group_actions.remove(action)
+                group._group_actions.append(action)
 
 
 def verb_parser(verb: str, description: str) -> VerbParser:

@@ -46,8 +46,17 @@ def prepare_prompts(
     prompt_column: str | None = None,
     instruction: str | None = BOXED_INSTRUCTION,
     source: str = "the dataset",
+    plain_prompts: str = "raw",
 ) -> Dataset:
-    """Give ``dataset`` a ``prompt`` column from ``prompt_column`` (default: ``prompt``, else ``problem``)."""
+    """Give ``dataset`` a ``prompt`` column from ``prompt_column`` (default: ``prompt``, else ``problem``).
+
+    ``plain_prompts`` says what a plain-text ``prompt`` column means: ``"raw"`` (TRL's format, the default of the
+    Python API): the text is the model's input as it is; ``"chat"`` (the default of ``em-trainer train``): each text
+    becomes one user message, which the trainer renders with the model's chat template (a chat model answers a bare
+    string by ending at once: SmolLM2-135M-Instruct gives 6 of 8 sampled responses of one token to "What is 12 + 7?"
+    as plain text, 0 of 8 through its template). Chat messages and ``problem`` columns are the same either way."""
+    if plain_prompts not in ("raw", "chat"):
+        raise DatasetError(f"plain_prompts={plain_prompts!r}: use 'raw' (text as it is) or 'chat' (one user message).")
     if len(dataset) == 0:
         raise DatasetError(f"{source} is empty: EM needs at least one prompt.")
     columns = dataset.column_names
@@ -61,9 +70,11 @@ def prepare_prompts(
     elif prompt_column not in columns:
         raise DatasetError(f"prompt_column '{prompt_column}' is not a column of {source} (columns: {columns}).")
 
-    if prompt_column == "prompt":
-        return dataset
     first = dataset[0][prompt_column]
+    if prompt_column == "prompt":
+        if plain_prompts == "chat" and isinstance(first, str):
+            return dataset.map(lambda row: {"prompt": format_problem(row["prompt"], instruction=None)})
+        return dataset
     if isinstance(first, str):
         mapped = dataset.map(lambda row: {"prompt": format_problem(row[prompt_column], instruction)})
     else:
@@ -77,14 +88,18 @@ def load_prompt_dataset(
     prompt_column: str | None = None,
     instruction: str | None = BOXED_INSTRUCTION,
     limit: int | None = None,
+    plain_prompts: str = "raw",
 ) -> Dataset:
-    """Load prompts from a Hub id, a local jsonl/parquet/csv file or directory; ``None`` gives the one-shot prompt."""
+    """Load prompts from a Hub id, a local jsonl/parquet/csv file or directory; ``None`` gives the one-shot prompt.
+    ``plain_prompts``: see :func:`prepare_prompts`."""
     if source is None or source in ("one_shot", "one-shot", "pi1"):
         return load_one_shot_dataset(instruction)
     dataset = read_source(source, split)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    return prepare_prompts(dataset, prompt_column, instruction, source=f"Dataset '{source}'")
+    return prepare_prompts(
+        dataset, prompt_column, instruction, source=f"Dataset '{source}'", plain_prompts=plain_prompts
+    )
 
 
 def is_conversational_prompt(prompt: Any) -> bool:

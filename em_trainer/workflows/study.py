@@ -179,6 +179,8 @@ def study_parser() -> Any:
         prog="em-trainer study",
         description="Run (or resume) a study: the base model, decoding arms and training arms x seeds, measured on "
         "held-out problems; the training jobs fan out through an executor (local processes or SLURM).",
+        epilog="--config FILE: the study's YAML (its keys are these options' names); flags given on the command line "
+        "win over it. `--config=FILE` works too.",
     )
 
 
