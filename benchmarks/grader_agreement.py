@@ -74,10 +74,10 @@ def open_r1(gold: str, completion: str) -> bool:
 GRADERS = {"ours": lambda g, c: grade(g, c).correct, "previous": previous, "qwen": qwen, "open-r1": open_r1}
 
 
-def table(rows: list[dict]) -> dict:
+def table(rows: list[dict], hand_labelled: bool = False) -> dict:
     verdicts = [{name: bool(fn(row["gold"], row["completion"])) for name, fn in GRADERS.items()} for row in rows]
     report = {"completions": len(rows), "credited": {name: sum(v[name] for v in verdicts) for name in GRADERS}}
-    if rows and "correct" in rows[0]:
+    if hand_labelled:
         report["agrees_with_hand_verdict"] = {
             name: sum(v[name] == row["correct"] for v, row in zip(verdicts, rows, strict=True)) for name in GRADERS
         }
@@ -112,7 +112,7 @@ def main() -> None:
     for pattern in args.records:
         for path in sorted(glob.glob(pattern, recursive=True)):
             stored += [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
-    report = {"hand-labelled corpus": table(corpus)}
+    report = {"hand-labelled corpus": table(corpus, hand_labelled=True)}
     if stored:
         report["stored completions"] = table([r for r in stored if isinstance(r.get("completion"), str)])
         report["stored completions"]["files"] = sorted({p for pat in args.records for p in glob.glob(pat)})

@@ -21,7 +21,7 @@ DEFAULT_TIMEOUT_SECONDS = 5
 # Raise it whenever a change to extraction, normalisation or grading (here, in data/labels or in the code sandbox's
 # checker) can change a verdict: it is part of every eval record's identity, so records graded the old way are
 # graded afresh instead of being mixed with new ones.
-GRADER_VERSION = 3  # 3: predictions need an anchor, else the last number
+GRADER_VERSION = 4  # 3: predictions need an anchor, else the last number; 4: an unevaluated sum is no answer
 
 
 def grader_identity() -> dict[str, Any]:
@@ -44,6 +44,12 @@ _PRED_CONFIG = [
 # used): a number written, never an expression evaluated.
 _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
 _GOLD_CONFIG = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+# An answer is a value: an unboxed anchored match that is arithmetic on written numbers ("... the question of what
+# 43 + 17 equals") restates the question, and math-verify would evaluate it. A lone fraction is a value.
+_ARITHMETIC = re.compile(r"^[\s\d.,+\-*/()]+$")
+_OPERATION = re.compile(r"\d\s*[-+*/]\s*[\d(]")
+_FRACTION = re.compile(r"^\s*-?\d+\s*/\s*\d+\s*$")
+_LATEX_OPERATORS = {"\\times": "*", "\\cdot": "*", "\\div": "/", "×": "*", "÷": "/"}
 
 
 def _timeout() -> int | None:
@@ -123,12 +129,21 @@ def parse_prediction(completion: str) -> list:
     """Extract the model's final answer: the last ``\\boxed{}`` or another anchored answer ("the answer is ..."),
     else the last number written in the completion; never an unanchored expression evaluated."""
     parsed = parse(completion, extraction_config=_PRED_CONFIG, parsing_timeout=_timeout())
-    if parsed:
+    # A boxed answer is the model's own final answer, kept as written: benchmark golds include unevaluated products
+    # (OlympiadBench: "2021 \\cdot 505 \\cdot 337"). Outside a box, arithmetic still to be done is no answer.
+    if parsed and (last_boxed(completion) is not None or not _unevaluated(str(parsed[-1]))):
         return parsed
     numbers = _LAST_NUMBER.findall(completion)
     if not numbers:
         return []
     return parse(f"${numbers[-1].replace(',', '')}$", extraction_config=_GOLD_CONFIG, parsing_timeout=_timeout())
+
+
+def _unevaluated(text: str) -> bool:
+    """Whether an extracted answer is arithmetic on numbers still to be done (``43 + 17``), not a value."""
+    for operator, plain in _LATEX_OPERATORS.items():
+        text = text.replace(operator, plain)
+    return bool(_ARITHMETIC.match(text) and _OPERATION.search(text) and not _FRACTION.match(text))
 
 
 @dataclass
