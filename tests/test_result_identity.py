@@ -204,3 +204,41 @@ def test_eval_records_carry_the_graders_version(tiny_model_dir, tmp_path, monkey
     monkeypatch.setattr(scoring, "GRADER_VERSION", scoring.GRADER_VERSION + 1)
     assert _eval(tiny_model_dir, out, "--max_new_tokens", "2") == 0
     assert len(list(out.rglob("identity.json"))) == 2
+
+
+def test_eval_select_and_generate_take_a_revision_and_record_its_commit(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Before, eval/select/generate took no revision: a Hub model was always `main`. A cache with two commits of one
+    Hub id (offline, as the Hub is here): the revision chooses the weights, and the identity records its commit."""
+    from huggingface_hub import constants
+
+    from em_trainer.decoding.generation import HFGenerator
+
+    repo = tmp_path / "hub" / "models--em-test--tiny"
+    commits = {"main": "a" * 40, "v2": "b" * 40}
+    for ref, commit in commits.items():
+        shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    v2 = AutoModelForCausalLM.from_pretrained(repo / "snapshots" / commits["v2"])
+    with torch.no_grad():
+        v2.lm_head.weight.mul_(2.0)
+    v2.save_pretrained(repo / "snapshots" / commits["v2"])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    main_gen, v2_gen = HFGenerator("em-test/tiny"), HFGenerator("em-test/tiny", revision="v2")
+    assert torch.equal(v2_gen.model.lm_head.weight, 2 * main_gen.model.lm_head.weight)
+    assert main_gen.identity["model"] == {"hub_id": "em-test/tiny", "revision": "main", "commit": commits["main"]}
+    assert v2_gen.identity["model"] == {"hub_id": "em-test/tiny", "revision": "v2", "commit": commits["v2"]}
+
+    assert main(["generate", "--model", "em-test/tiny", "--revision", "v2", "--prompt", "2 + 2 =", "--raw",
+                 "--max_new_tokens", "2", "--backend", "hf"]) == 0  # fmt: skip
+    capsys.readouterr()
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)]
+    pool.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for verb in (["eval", "--benchmarks", "arithmetic", "--limit", "1", "--output_dir", str(tmp_path / "ev")],
+                 ["select", "--pool", str(pool), "--output", str(tmp_path / "sel.jsonl")],
+                 ["generate", "--prompt", "hi"]):  # fmt: skip
+        assert main([*verb, "--model", tiny_model_dir, "--revision", "v2", "--backend", "hf"]) == 2, verb
+        assert "is a local model; revisions select a commit of a Hub model" in capsys.readouterr().err, verb

@@ -210,6 +210,12 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     add(parser, "backend", choices=["auto", "hf", "vllm"], default="auto", help="auto: vLLM on a GPU when installed")
     add(
         parser,
+        "revision",
+        help="Hub revision of the model (a branch, tag or commit; default: main), recorded with the commit it points "
+        "to in every result; refused for a local model",
+    )
+    add(
+        parser,
         "dtype",
         default="auto",
         help="weights' dtype for either backend: auto (the checkpoint's), float32, ...",
@@ -251,6 +257,8 @@ def generator_kwargs(args: argparse.Namespace, batch_size: int | None = None) ->
         kwargs["batch_size"] = batch_size
     if args.cpu_decoding is not None:
         kwargs["cpu_fast_decoding"] = args.cpu_decoding == "fast"
+    if args.revision is not None:
+        kwargs["revision"] = args.revision
     return kwargs
 
 

@@ -9,6 +9,7 @@ end-of-sequence token, ``"length"`` at the token budget).
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -105,14 +106,18 @@ class HFGenerator:
         logits_processors: Sequence[Any] | None = None,
         dtype: Any = None,
         cpu_fast_decoding: bool = True,
+        revision: str | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         reference = model if isinstance(model, str) else None
         if reference is not None:
-            path = resolve_model(model)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+            path = hub_revision_path(model, revision)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", revision=revision)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, revision=revision)
+        elif revision is not None:
+            raise ValueError(f"revision={revision!r}: the model is an object already loaded; revisions select a "
+                             "commit of a Hub model (pass its id).")  # fmt: skip
         if tokenizer is None:
             raise ValueError("HFGenerator needs a tokenizer when given a model object.")
         if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
@@ -128,6 +133,7 @@ class HFGenerator:
         self.cpu_fast_decoding = cpu_fast_decoding and cpu_decoding_unavailable(model) is None
         self.packs = PackedLinears() if self.cpu_fast_decoding else None
         self._reference = reference
+        self._revision = revision
         self._identity: dict[str, Any] | None = None
 
     @property
@@ -140,7 +146,9 @@ class HFGenerator:
         if self._identity is None:
             self._identity = {
                 "backend": "hf",
-                "model": model_identity(self._reference) if self._reference else object_identity(self.model),
+                "model": model_identity(self._reference, self._revision)
+                if self._reference
+                else object_identity(self.model),
                 "dtype": str(next(self.model.parameters()).dtype),
                 "batch_size": self.batch_size,
                 "matmul": matmul_kernel(self.model, self.cpu_fast_decoding),
@@ -207,7 +215,9 @@ class VLLMGenerator:
     ...).
     """
 
-    def __init__(self, model: str, em_inf: EMInfSettings | None = None, **llm_kwargs: Any) -> None:
+    def __init__(
+        self, model: str, em_inf: EMInfSettings | None = None, revision: str | None = None, **llm_kwargs: Any
+    ) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise ImportError(
                 "The vLLM backend needs vLLM: pip install 'em-trainer[vllm]' on a GPU machine; on a CPU, "
@@ -225,10 +235,13 @@ class VLLMGenerator:
             # On vLLM's CPU build this fraction reserves *system* memory up front (0.92 by default), which fails as
             # soon as anything else holds memory; a quarter is ample for the KV cache of evaluation-size batches.
             llm_kwargs.setdefault("gpu_memory_utilization", 0.25)
-        self.llm = LLM(model=resolve_model(model), **llm_kwargs)
+        path = hub_revision_path(model, revision)
+        if revision is not None:
+            llm_kwargs.update(revision=revision, tokenizer_revision=revision)
+        self.llm = LLM(model=path, **llm_kwargs)
         self.identity: dict[str, Any] = {
             "backend": "vllm",
-            "model": model_identity(model),
+            "model": model_identity(model, revision),
             "engine": {k: v for k, v in llm_kwargs.items() if k != "logits_processors"},
             "em_inf": None if em_inf is None else asdict(em_inf),
         }
@@ -297,6 +310,15 @@ def will_use_vllm(backend: str) -> bool:
     return backend == "vllm" or (backend == "auto" and vllm_usable())
 
 
+def hub_revision_path(model: str, revision: str | None) -> str:
+    """``resolve_model(model)``, refusing a revision for anything but a Hub id (a local folder has one version)."""
+    path = resolve_model(model)
+    if revision is not None and (path != model or os.path.exists(os.path.expanduser(model))):
+        raise ValueError(f"--revision {revision}: {model} is a local model; revisions select a commit of a Hub model. "
+                         "Drop --revision, or pass the Hub id.")  # fmt: skip
+    return path
+
+
 def make_generator(model: Any, backend: str = "auto", em_inf: EMInfSettings | None = None, **kwargs: Any) -> Generator:
     """A generator for ``model``, optionally decoding with EM-INF (``em_inf``, settings carried by each backend).
 
@@ -307,7 +329,7 @@ def make_generator(model: Any, backend: str = "auto", em_inf: EMInfSettings | No
         raise ValueError(f"backend must be 'auto', 'vllm' or 'hf', got '{backend}'.")
     vllm_kwargs = kwargs.pop("vllm_kwargs", None) or {}
     if backend == "vllm" or (backend == "auto" and vllm_usable() and isinstance(model, str)):
-        return VLLMGenerator(model, em_inf=em_inf, **vllm_kwargs)
+        return VLLMGenerator(model, em_inf=em_inf, revision=kwargs.get("revision"), **vllm_kwargs)
     if em_inf is not None:
         processor = EntropyMinimizingLogitsProcessor(em_inf.threshold, em_inf.kl_weight, em_inf.lr, em_inf.n_steps)
         kwargs["logits_processors"] = [*kwargs.get("logits_processors", []), processor]
