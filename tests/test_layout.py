@@ -150,3 +150,20 @@ def test_emtrainer_docstring_lists_every_trl_method_it_overrides():
     overridden -= {"__doc__", "__module__", "_tag_names", "_name", "_paper", "__annotations__"}
     listed = set(re.findall(r"^    - `(\w+)`:", EMTrainer.__doc__, flags=re.MULTILINE))
     assert listed == overridden, (sorted(overridden - listed), sorted(listed - overridden))
+
+
+def test_the_docs_site_has_sections_and_home_and_readme_list_every_page_in_nav_order():
+    """Before: 22 flat pages in the nav, the home page linking 11 of them, the README listing them in a third order."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    nav = yaml.safe_load((root / "mkdocs.yml").read_text())["nav"]
+    assert all(isinstance(entry, dict) and isinstance(next(iter(entry.values())), list) for entry in nav), "sections"
+    pages = [page for section in nav for item in next(iter(section.values())) for page in item.values()]
+    on_disk = sorted(p.name for p in (root / "docs").glob("*.md"))
+    assert sorted(pages) == on_disk, "every page of docs/ is in the nav, once"
+    home = (root / "docs" / "index.md").read_text()
+    readme = (root / "README.md").read_text().split("## Docs", 1)[1]
+    for text, prefix in ((home, "("), (readme, "(docs/")):
+        linked = re.findall(re.escape(prefix) + r"([a-z_]+\.md)\)", text)
+        assert linked == [page for page in pages if page != "index.md"], prefix
