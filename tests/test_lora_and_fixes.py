@@ -151,3 +151,37 @@ def test_recipe_lora_merge_push_uploads_full_weights_and_grpo_starts_from_them(t
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not em.model.layers[0].self_attn.q_proj.weight.equal(base.model.layers[0].self_attn.q_proj.weight)
     assert "merged" in (em_dir / "README.md").read_text()
+
+
+def test_a_lora_adapter_of_the_embedded_model_names_its_hub_base_and_its_data(tiny_model_dir, tmp_path):
+    """Before: adapter_config.json and the card named this machine's cache folder as the base, and a card written
+    from Python said "training data: unknown". The base here is a copy of the tiny model marked as the embedded
+    model's conversion (as resolve_model marks it), so its Hub id is known."""
+    import shutil
+
+    from datasets import Dataset
+
+    from em_trainer import EMConfig, EMTrainer
+    from em_trainer.data.models import BASE_SIDECAR, adapter_base, resolve_model
+
+    base = tmp_path / "embedded-conversion"
+    shutil.copytree(tiny_model_dir, base)
+    (base / ".complete").write_text("/somewhere/SmolLM2-135M-Instruct.Q4_1.gguf\n")
+    out = tmp_path / "lora"
+    assert main(["train", "--model", str(base), "--output_dir", str(out), "--max_steps", "1", *TINY,
+                 "--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]) == 0  # fmt: skip
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert json.loads((out / BASE_SIDECAR).read_text())["local_base"] == str(base)
+    card = (out / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and str(base) not in card
+    assert adapter_base(out) == str(base)  # here, em-trainer still loads the exact weights it trained on
+    assert AutoModelForCausalLM.from_pretrained(resolve_model(str(out))) is not None
+
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is 2 + 2?"}]}] * 2)
+    args = EMConfig(output_dir=str(tmp_path / "py"), responses_per_step=4, max_completion_length=4, max_steps=1,
+                    report_to="none", gradient_checkpointing=False)  # fmt: skip
+    trainer = EMTrainer(model=str(base), args=args, train_dataset=dataset)
+    trainer.create_model_card()
+    card = (tmp_path / "py" / "README.md").read_text()
+    assert "training data: unknown" not in card and "2 prompt(s) given in Python" in card

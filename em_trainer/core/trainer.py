@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +22,7 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, pad
 
-from ..data.models import base_model_id, resolve_model
+from ..data.models import BASE_SIDECAR, base_model_id, resolve_model
 from ..data.prompts import is_conversational_prompt, load_one_shot_dataset, messages_to_text
 from .callbacks import CollapseGuard, DevSetEarlyStopping, Scorer
 from .config import EMConfig, EMConfigError
@@ -129,6 +131,7 @@ class EMTrainer(GRPOTrainer):
                 "dev_set_scorer=em_trainer.evaluation.build_dev_set_scorer(args, tokenizer) to EMTrainer "
                 "(`em-trainer train` does this for you), or unset early_stopping_dev_set."
             )
+        self._dataset_description = self._describe_dataset(train_dataset)
         if train_dataset is None:
             train_dataset = load_one_shot_dataset()
         self._check_dataset_fits_batch(train_dataset, args)
@@ -159,6 +162,36 @@ class EMTrainer(GRPOTrainer):
         if isinstance(model, str) or model is None:
             return resolve_model(model), base_model_id(model)
         return model, base_model_id(get_config_model_id(model.config))
+
+    @staticmethod
+    def _describe_dataset(dataset: Any) -> str:
+        """What the model card names as the training data when the caller names none."""
+        if dataset is None:
+            return "one-shot EM prompt (pi1)"
+        info = getattr(dataset, "info", None)
+        name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+        if name:
+            return str(name)
+        size = f"{len(dataset)} prompt(s)" if hasattr(dataset, "__len__") else "prompts"
+        return f"{size} given in Python (name them: create_model_card(dataset_name=...))"
+
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        """Trainer's save, then a LoRA adapter made shareable: PEFT names the base by the path it was loaded from,
+        which for the embedded model is this machine's cache; ``adapter_config.json`` gets the base's Hub id where
+        one is known, and ``em_trainer_base.json`` keeps the local path, which em-trainer loads when it exists."""
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        config_path = os.path.join(output_dir, "adapter_config.json")
+        if self._base_model_id is None or not os.path.isfile(config_path):
+            return
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        local = config.get("base_model_name_or_path")
+        if not local or local == self._base_model_id:
+            return
+        config["base_model_name_or_path"] = self._base_model_id
+        Path(config_path).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        sidecar = {"hub_id": self._base_model_id, "local_base": os.path.abspath(local)}
+        Path(output_dir, BASE_SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
 
     @staticmethod
     def _resolve_args(args: EMConfig | None, model: str | PreTrainedModel) -> EMConfig:
@@ -802,7 +835,7 @@ class EMTrainer(GRPOTrainer):
             model_name=model_name,
             model_id=self.hub_model_id or self.args.hub_model_id or model_name,
             base_model=self._base_model_id,
-            dataset_name=dataset_name,
+            dataset_name=dataset_name or self._dataset_description,
             hyperparameters=self._card_hyperparameters(),
             results=results,
             tags=[tags] if isinstance(tags, str) else tags,

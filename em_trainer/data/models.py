@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 from pathlib import Path
@@ -131,6 +132,9 @@ def resolve_model(name_or_path: str | None = None) -> str:
 
 
 ADAPTER_CONFIG = "adapter_config.json"
+# Beside an adapter whose adapter_config.json names its base by Hub id: the local folder it was trained on (for the
+# embedded model, the GGUF conversion in this machine's cache), loaded instead of the Hub id where it exists.
+BASE_SIDECAR = "em_trainer_base.json"
 
 
 def adapter_base(path: str | os.PathLike) -> str | None:
@@ -144,8 +148,6 @@ def adapter_base(path: str | os.PathLike) -> str | None:
     config = folder / ADAPTER_CONFIG
     if not config.is_file():
         return None
-    import json
-
     try:
         base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
     except ValueError as error:
@@ -154,6 +156,11 @@ def adapter_base(path: str | os.PathLike) -> str | None:
         raise ModelResolutionError(
             f"{config} names no base_model_name_or_path; set it to the base model's Hub id or directory."
         )
+    sidecar = folder / BASE_SIDECAR
+    if sidecar.is_file():
+        local = json.loads(sidecar.read_text(encoding="utf-8")).get("local_base")
+        if local and os.path.isdir(local):
+            return str(local)
     return str(base)
 
 
