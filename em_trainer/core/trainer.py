@@ -104,6 +104,7 @@ class EMTrainer(GRPOTrainer):
       only (and RLOO's leave-one-out scale).
     - `log`: keeps EM-FT's internal zero reward out of the logs.
     - `create_model_card`: the card names the base model, the data, the EM settings and both papers.
+    - `_save`: a LoRA adapter names its base by Hub id where one is known, not this machine's cache folder.
     """
 
     _tag_names = ["trl", "em-trainer", "entropy-minimization"]
