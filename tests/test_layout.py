@@ -167,3 +167,21 @@ def test_the_docs_site_has_sections_and_home_and_readme_list_every_page_in_nav_o
     for text, prefix in ((home, "("), (readme, "(docs/")):
         linked = re.findall(re.escape(prefix) + r"([a-z_]+\.md)\)", text)
         assert linked == [page for page in pages if page != "index.md"], prefix
+
+
+def test_emtrainer_spells_out_grpotrainers_parameters():
+    """Before: processing_class, peft_config, callbacks and the rest hid behind **kwargs (IDEs and help() showed
+    nothing). Each of GRPOTrainer's parameters is now EMTrainer's, with the same default, documented."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    from em_trainer import EMTrainer
+
+    ours = inspect.signature(EMTrainer.__init__).parameters
+    passed_on = {"tools", "rollout_func", "environment_factory"}  # newer TRL additions, through **kwargs
+    for name, parameter in inspect.signature(GRPOTrainer.__init__).parameters.items():
+        if name in ("self", "model") or name in passed_on:
+            continue
+        assert name in ours and ours[name].default == parameter.default, name
+        assert f"        {name}: " in EMTrainer.__doc__, f"{name} is not documented"

@@ -86,10 +86,17 @@ class EMTrainer(GRPOTrainer):
             accuracy on datasets with an answer column. They never change the loss.
         args: An [`EMConfig`]; defaults to the paper's recipe. It is not modified.
         train_dataset: Prompts in TRL's format; defaults to the paper's one-shot prompt.
+        eval_dataset: Prompts evaluated at `args.eval_strategy`, as in `GRPOTrainer`.
+        processing_class: The tokenizer; defaults to the model's (`AutoTokenizer`, left padding).
+        reward_processing_classes: Tokenizers of model-based reward functions, as in `GRPOTrainer`.
+        callbacks: `TrainerCallback`s; EM adds its own after them (the entropy floor, collapse guard, early stop).
+        optimizers: `(optimizer, lr_scheduler)`; default `(None, None)`: AdamW and `args.lr_scheduler_type`.
+        quantization_config: A `BitsAndBytesConfig` for a model given by reference (QLoRA with `peft_config`).
+        peft_config: A PEFT config (LoRA): trains an adapter; with `args.merge_on_save` (recipes) saved merged.
         dev_set_scorer: For early stopping on a labeled dev set: a function of the model that returns its score
             (higher is better), called every `args.early_stopping_eval_steps` optimizer steps. Build one with
             `em_trainer.evaluation.build_dev_set_scorer(args, tokenizer)`, which reads `args.early_stopping_dev_set`.
-        **kwargs: Everything else `GRPOTrainer` accepts (`processing_class`, `peft_config`, `callbacks`, ...).
+        **kwargs: What else `GRPOTrainer` accepts (`tools`, `rollout_func`, `environment_factory`), passed on.
 
     What it overrides in TRL's `GRPOTrainer` (everything else, generation, batching, accumulation, PEFT, accelerate,
     checkpoints, the Hub, is TRL's own; `tests/test_layout.py` fails if this list and the class part):
@@ -121,6 +128,13 @@ class EMTrainer(GRPOTrainer):
         reward_funcs: Any = None,
         args: EMConfig | None = None,
         train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: list[Any] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
         dev_set_scorer: Scorer | None = None,
         **kwargs: Any,
     ) -> None:
@@ -144,7 +158,20 @@ class EMTrainer(GRPOTrainer):
         self._has_placeholder_reward = reward_funcs == [_no_reward]
 
         with self._vllm_engine_build_context(args):
-            super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                **kwargs,
+            )
         self._route_weight_sync_through_cpu_repack()
         #: The shared-prompt forward's state for this run (core/shared_prompt_policy): its decision, why, its check.
         self.shared_prompt = SharedPromptPolicy(self._shared_prompt_run_reason())
