@@ -27,3 +27,27 @@ def test_results_page_matches_the_json():
         results = json.loads(files[name].read_text(encoding="utf-8"))
         assert text == render(name, results), f"docs/results.md's '{name}' tables differ from {files[name].name}"
     assert set(files) <= set(blocks), "every results JSON has its block in docs/results.md"
+
+
+def test_study_plots_have_integer_steps_bands_inside_0_100_and_the_legend_off_the_data():
+    """Before: fractional step ticks, seed bands below 0%, the legend over the lines (docs/img/label_free.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.collections import LineCollection
+
+    from em_trainer.workflows.study_report import study_figure
+
+    results = json.loads((ROOT / "benchmarks" / "results" / "label_free.json").read_text())
+    figure = study_figure(results)
+    steps = {int(s) for arm in results["aggregate"].values() for s in arm}
+    for axis in figure.axes:
+        assert {float(x) for x in axis.get_xticks()} <= {float(s) for s in steps}, axis.get_title()
+        if "%" in axis.get_title():
+            for bars in (c for c in axis.collections if isinstance(c, LineCollection)):
+                for segment in bars.get_segments():
+                    assert all(0.0 <= y <= 100.0 for _, y in segment), axis.get_title()
+    assert not any(axis.get_legend() for axis in figure.axes) and len(figure.legends) == 1
+    figure.canvas.draw()
+    legend = figure.legends[0].get_window_extent()
+    assert not any(legend.overlaps(axis.get_window_extent()) for axis in figure.axes), "the legend covers a panel"

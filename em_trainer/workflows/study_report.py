@@ -166,7 +166,15 @@ def embedded(document: str, name: str) -> str | None:
 
 
 def plot_study(results: dict[str, Any], path: str | Path) -> Path:
-    """Greedy accuracy, sampled accuracy and entropy against the step, per training arm, with seed bands."""
+    """Greedy accuracy, sampled accuracy and entropy against the step, per training arm (see :func:`study_figure`)."""
+    return _figure(path, study_figure(results))
+
+
+def study_figure(results: dict[str, Any]) -> Any:
+    """One panel per question (greedy accuracy, sampled accuracy, entropy against the optimizer step): each training
+    arm's mean over seeds with a bar of one standard deviation, the arms side by side at each measured step (with
+    eight arms, overlapping bands hid each other), percentages kept inside [0, 100], ticks at the measured steps only,
+    the decoding arms as level lines, and one legend below the panels, off the data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,33 +182,49 @@ def plot_study(results: dict[str, Any], path: str | Path) -> Path:
 
     study, aggregate = results["study"], results["aggregate"]
     train_arms = [name for name, arm in study["arms"].items() if arm["kind"] == "train"]
+    decode_arms = [n for n, a in study["arms"].items() if a["kind"] == "decode"]
     panels = ("greedy_accuracy", "sampled_accuracy", "entropy")
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    measured: set[int] = set()
     for axis, metric in zip(axes, panels, strict=True):
-        scale = 100.0 if metric in PERCENT else 1.0  # the panel titles say %, as the tables do
-        for name in train_arms:
-            steps = sorted(aggregate.get(name, {}), key=int)
-            xs = [int(s) for s in steps if metric in aggregate[name][s]]
-            stats = [aggregate[name][str(x)][metric] for x in xs]
+        percent = metric in PERCENT
+        scale = 100.0 if percent else 1.0  # the panel titles say %, as the tables do
+        steps_all = sorted({int(s) for name in train_arms for s in aggregate.get(name, {})})
+        spacing = min((b - a for a, b in zip(steps_all, steps_all[1:], strict=False)), default=1)
+        width = 0.6 * spacing / max(1, len(train_arms))
+        for index, name in enumerate(train_arms):
+            xs = [int(s) for s in sorted(aggregate.get(name, {}), key=int) if metric in aggregate[name][s]]
             if not xs:
                 continue
+            measured |= set(xs)
+            stats = [aggregate[name][str(x)][metric] for x in xs]
             mean = [scale * s["mean"] for s in stats]
             low = [scale * (s["mean"] - s["std"]) for s in stats]
             high = [scale * (s["mean"] + s["std"]) for s in stats]
-            line = axis.plot(xs, mean, marker="o", label=name)[0]
-            axis.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
-        decode_arms = [n for n, a in study["arms"].items() if a["kind"] == "decode"]
+            if percent:
+                low, high = [max(0.0, v) for v in low], [min(100.0, v) for v in high]
+            shifted = [x + (index - (len(train_arms) - 1) / 2) * width for x in xs]
+            errors = [
+                [m - lo for m, lo in zip(mean, low, strict=True)],
+                [hi - m for m, hi in zip(mean, high, strict=True)],
+            ]
+            axis.errorbar(shifted, mean, yerr=errors, marker="o", markersize=4, capsize=2, linewidth=1.2, label=name)
         for index, name in enumerate(decode_arms):
             stats = aggregate.get(name, {}).get("0", {}).get(metric)
             if stats:
-                # axhline does not advance the colour cycle: without a colour every level line is drawn in C0,
-                # the first training arm's colour. Colours after the training arms', and a style each.
+                # axhline does not advance the colour cycle: colours after the training arms', and a style each.
                 colour, style = f"C{(len(train_arms) + index) % 10}", ("--", ":", "-.")[index % 3]
                 axis.axhline(scale * stats["mean"], color=colour, linestyle=style, label=f"{name} (decoding)")
+        axis.set_xticks(sorted(measured))
         axis.set_xlabel("optimizer step")
         axis.set_title(LABELS[metric])
-    axes[0].legend(fontsize=7)
-    return _figure(path, figure)
+        if percent:
+            low_limit, high_limit = axis.get_ylim()
+            axis.set_ylim(max(0.0, low_limit), min(100.0, high_limit))
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.06 + 0.05 * ((len(labels) - 1) // 5), 1, 1))
+    return figure
 
 
 def _figure(path: str | Path, figure: Any) -> Path:
@@ -208,7 +232,8 @@ def _figure(path: str | Path, figure: Any) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
+    if not figure.legends:  # a figure-level legend has its room reserved by the figure's own layout
+        figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
@@ -224,18 +249,19 @@ def plot_temperature(results: dict[str, Any], path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    figure, axis = plt.subplots(figsize=(7.5, 3.8))
     for (arm, step), curve in sorted(curves.items(), key=lambda item: (item[0][0] != "base", item[0])):
         temperatures = sorted(curve, key=float)
         xs = [float(t) for t in temperatures]
         mean = [100 * curve[t]["mean"] for t in temperatures]
         line = axis.plot(xs, mean, marker="o", label=f"{arm}, step {step}")[0]
-        low = [100 * (curve[t]["mean"] - curve[t]["std"]) for t in temperatures]
-        high = [100 * (curve[t]["mean"] + curve[t]["std"]) for t in temperatures]
+        low = [max(0.0, 100 * (curve[t]["mean"] - curve[t]["std"])) for t in temperatures]
+        high = [min(100.0, 100 * (curve[t]["mean"] + curve[t]["std"])) for t in temperatures]
         axis.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
     axis.set_xlabel("sampling temperature (0 = greedy)")
     axis.set_ylabel("accuracy (%)")
-    axis.legend(fontsize=7)
+    axis.set_ylim(max(0.0, axis.get_ylim()[0]), min(100.0, axis.get_ylim()[1]))
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the data
     return _figure(path, figure)
 
 
