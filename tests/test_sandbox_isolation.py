@@ -17,6 +17,7 @@ import pytest
 
 from em_trainer.evaluation.code_tasks import grade_code, grade_many
 from em_trainer.evaluation.sandbox import SandboxLimits, namespaces_available, run_untrusted
+from em_trainer.evaluation.sandbox_cgroup import hierarchies
 
 from .sandbox_helpers import sandbox_processes, sysv_ipc_objects
 
@@ -88,6 +89,8 @@ def host_unchanged():
     time.sleep(0.2)
     assert sandbox_processes() == [], "a sandbox process outlived its run"
     assert sysv_ipc_objects() - before == set(), "a System V IPC object was left on the host"
+    left = [folder for parent in hierarchies()[1] for folder in parent.glob("em-sandbox-*")]
+    assert left == [], f"sandbox cgroups left behind: {left}"
 
 
 @pytest.mark.parametrize("name", list(CARRIERS))
@@ -202,3 +205,32 @@ def test_many_hostile_and_honest_candidates_at_once(host_unchanged):
     verdicts = grade_many(cases, limits, workers=len(cases))
     assert [passed for passed, _ in verdicts[1::2]] == [True] * len(honest), verdicts[1::2]
     assert [passed for passed, _ in verdicts[0::2]] == [False] * len(hostile), verdicts[0::2]
+
+
+HOLD_TOGETHER = """
+import os, sys, time
+children = []
+for _ in range(6):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(300 << 20)  # within the 512 MiB address space of each process
+        for offset in range(0, len(block), 4096):
+            block[offset] = 1
+        time.sleep(2)
+        os._exit(0)
+    children.append(pid)
+held = all(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 for pid in children)
+sys.exit(0 if held else 1)
+"""
+
+
+@pytest.mark.skipif(hierarchies()[0] == "none", reason="no memory cgroup can be made here (rootless, no delegation)")
+def test_a_sandbox_cannot_hold_more_than_its_memory_across_processes(host_unchanged):
+    """Cost: about 5 s (6 x 300 MiB touched, twice). The address-space limit is per process: six processes held
+    1.8 GiB with memory_mb 512. The sandbox's cgroup counts them together (sandbox_memory_mb), and with room for
+    them the same program passes, so it is the limit that stops it."""
+    limits = SandboxLimits(timeout_s=20, memory_mb=512, sandbox_memory_mb=1024, processes=16)
+    result = run_untrusted(HOLD_TOGETHER, limits)
+    assert not result.passed and any(layer.startswith("cgroup-") for layer in result.isolation)
+    roomy = SandboxLimits(timeout_s=20, memory_mb=512, sandbox_memory_mb=4096, processes=16)
+    assert run_untrusted(HOLD_TOGETHER, roomy).passed

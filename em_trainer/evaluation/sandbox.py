@@ -42,8 +42,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import sandbox_seccomp
+from .sandbox_cgroup import SandboxCgroup, hierarchies, sandbox_cgroup
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # inside the allow-listed /usr; candidates need only the standard library
 BOX = "/box"  # the sandbox's writable tmpfs: its folder, /tmp and /dev/shm
@@ -72,6 +74,10 @@ class SandboxLimits:
     """Files and directories on that tmpfs (root mode; bubblewrap alone cannot set it)."""
     processes: int = field(default=32)
     """Processes (and threads) of one sandbox, counted in its own user namespace (RLIMIT_NPROC)."""
+    sandbox_memory_mb: int = field(default=2048)
+    """Everything one sandbox holds together (its processes, its tmpfs, the kernel memory it uses), where a memory
+    cgroup can be made (sandbox_cgroup: cgroup v2 delegated, or v1 as root); past it the kernel kills in the
+    sandbox. Without a cgroup the bound is ``processes`` x ``memory_mb`` plus ``disk_mb``."""
     open_files: int = field(default=64)
     """Open file descriptors (RLIMIT_NOFILE)."""
     output_kb: int = field(default=1024)
@@ -260,10 +266,11 @@ def _sandbox(
         yield args, fds
 
 
-def _limit(limits: SandboxLimits, own_session: bool = True):
+def _limit(limits: SandboxLimits, cgroup: SandboxCgroup | None = None):
     def apply() -> None:
-        if own_session:
-            os.setsid()  # its own process group, killed as a whole
+        if cgroup is not None:
+            cgroup.join()  # before anything else: every process of the sandbox counts against its cgroup
+        os.setsid()  # its own process group, killed as a whole
         mb = 1024 * 1024
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s))
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * mb, limits.memory_mb * mb))
@@ -368,6 +375,16 @@ def _layers(mode: str, *extra: str) -> list[str]:
     return BASE_LAYERS + NAMESPACE_LAYERS + (ROOT_LAYERS if mode == "root" else []) + [f"mode-{mode}", *extra]
 
 
+def _cgroup(limits: SandboxLimits) -> Any:
+    """This sandbox's cgroup (or None): memory for the whole sandbox, processes plus bubblewrap's own."""
+    return sandbox_cgroup(limits.sandbox_memory_mb, limits.processes + 4)
+
+
+def _cgroup_layer() -> list[str]:
+    kind = hierarchies()[0]
+    return [] if kind == "none" else [f"cgroup-{kind}"]
+
+
 # ------------------------------------------------------------------------------------------------ the interface
 def run_untrusted(
     code: str,
@@ -388,9 +405,11 @@ def run_untrusted(
                 _sandbox(mode, limits, "run", {"candidate.py": code}, [SYSTEM_PYTHON, "-I", "-S", "candidate.py"])
             )
             cwd, isolation = "/", _layers(mode)
+        cgroup = stack.enter_context(_cgroup(limits))
+        isolation += _cgroup_layer() if cgroup is not None else []
         process = subprocess.Popen(
             argv, cwd=cwd, env=_ENV, pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, preexec_fn=_limit(limits),  # noqa: PLW1509 - limits set in the child before exec
+            stderr=subprocess.PIPE, preexec_fn=_limit(limits, cgroup),  # noqa: PLW1509 - set in the child before exec
         )  # fmt: skip
         code_, timed_out, flood, stdout, stderr = _supervise(
             process, [], (process.stdout, process.stderr), limits, mode != "none", stdin
@@ -435,10 +454,12 @@ def run_checked(
             check_argv, check_fds = stack.enter_context(_sandbox(
                 mode, limits, "checker", checker_files, [*python, str(answer_read), str(request_write)],
                 keep_fds=[answer_read, request_write]))  # fmt: skip
-            common = {"cwd": "/", "env": _ENV, "stdin": subprocess.DEVNULL, "stderr": err_write,
-                      "preexec_fn": _limit(limits)}  # fmt: skip
-            processes.append(subprocess.Popen(check_argv, pass_fds=check_fds, stdout=out_write, **common))  # noqa: PLW1509
-            processes.append(subprocess.Popen(cand_argv, pass_fds=cand_fds, stdout=err_write, **common))  # noqa: PLW1509
+            check_group, cand_group = stack.enter_context(_cgroup(limits)), stack.enter_context(_cgroup(limits))
+            common = {"cwd": "/", "env": _ENV, "stdin": subprocess.DEVNULL, "stderr": err_write}
+            processes.append(subprocess.Popen(check_argv, pass_fds=check_fds, stdout=out_write,
+                                              preexec_fn=_limit(limits, check_group), **common))  # fmt: skip # noqa: PLW1509
+            processes.append(subprocess.Popen(cand_argv, pass_fds=cand_fds, stdout=err_write,
+                                              preexec_fn=_limit(limits, cand_group), **common))  # fmt: skip # noqa: PLW1509
             for fd in ends:  # only the sandboxes hold them now: when one side ends, the other reads end-of-file
                 os.close(fd)
             ends = []
@@ -454,4 +475,5 @@ def run_checked(
                 _kill(process, True)
                 process.wait()
     ok = code_ == 0 and not timed_out and not flood
-    return SandboxResult(ok, code_, timed_out, stdout, stderr, _layers(mode, "checker-sandbox"), flood)
+    layers = _layers(mode, "checker-sandbox") + (_cgroup_layer() if cand_group is not None else [])
+    return SandboxResult(ok, code_, timed_out, stdout, stderr, layers, flood)
