@@ -185,3 +185,14 @@ def test_emtrainer_spells_out_grpotrainers_parameters():
             continue
         assert name in ours and ours[name].default == parameter.default, name
         assert f"        {name}: " in EMTrainer.__doc__, f"{name} is not documented"
+
+
+def test_every_option_of_the_recipe_has_a_description():
+    """Before: `recipes/em_then_grpo.py --help` listed its options with no descriptions."""
+    from trl import TrlParser
+
+    from em_trainer.workflows.em_then_grpo import RecipeArguments
+
+    parser = TrlParser((RecipeArguments,))
+    undescribed = [a.dest for a in parser._actions if a.dest != "help" and not (a.help or "").strip()]
+    assert undescribed == []

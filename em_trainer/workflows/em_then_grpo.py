@@ -77,16 +77,41 @@ class RecipeArguments:
     ``--set section.key=value`` (repeatable; values read as YAML) changes a key of a section: see :func:`split_set`.
     """
 
-    model: str | None = None
-    output_dir: str | None = None
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    peft: dict | None = None
-    merge_on_save: bool = True
-    order: str = "em_then_grpo"
-    em: dict = field(default_factory=dict)
-    grpo: dict = field(default_factory=dict)
-    overwrite_output_dir: bool = False
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The starting model: Hub id, folder, GGUF or an embedded name (default: the "
+            "embedded SmolLM2-135M-Instruct)."
+        },
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Required: phase EM in <output_dir>/em, GRPO in <output_dir>/grpo."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Push each finished phase, with its model card."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Pushes <id>-em and <id>-em-grpo."})
+    peft: dict | None = field(
+        default=None, metadata={"help": "LoRA settings for both phases (LoraConfig fields; a YAML mapping)."}
+    )
+    merge_on_save: bool = field(
+        default=True, metadata={"help": "LoRA: save merged full weights (the next phase starts from them)."}
+    )
+    order: str = field(
+        default="em_then_grpo",
+        metadata={"help": "em_then_grpo, grpo_then_em (EM from the GRPO weights) or grpo (no EM phase)."},
+    )
+    em: dict = field(
+        default_factory=dict, metadata={"help": "The EM phase: dataset keys and EMConfig fields (a YAML mapping)."}
+    )
+    grpo: dict = field(
+        default_factory=dict, metadata={"help": "The GRPO phase: dataset keys and GRPOConfig fields (a YAML mapping)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "A phase folder holding work of other settings is refused unless this is set; then that "
+            "work is deleted and the phase starts afresh."
+        },
+    )
 
 
 @dataclass
