@@ -158,3 +158,15 @@ def test_save_at_steps_keeps_weights_and_only_the_newest_optimizer_state(tiny_mo
     assert second.returncode == 0, second.stderr[-2000:]
     assert "checkpoint-3" in second.stdout + second.stderr
     assert not (out / "checkpoint-3" / "optimizer.pt").exists() and (out / "checkpoint-4" / "optimizer.pt").is_file()
+
+
+def test_older_checkpoints_keep_weights_and_only_the_newest_keeps_optimizer_state(tiny_model_dir, tokenizer, tmp_path):
+    """Cost: two 2-step runs of the tiny model (about 10 s alone). Before, every checkpoint kept AdamW's moments
+    (1.1 GB a checkpoint for the 135M model) that nobody resumes from; keep_optimizer_state='all' keeps Trainer's."""
+    for keep, older_whole in (("latest", False), ("all", True)):
+        args = tiny_args(tmp_path / keep, max_steps=2, save_strategy="steps", save_steps=1, keep_optimizer_state=keep)
+        EMTrainer(model=tiny_model_dir, args=args, processing_class=tokenizer).train()
+        older, newest = tmp_path / keep / "out" / "checkpoint-1", tmp_path / keep / "out" / "checkpoint-2"
+        AutoModelForCausalLM.from_pretrained(older)  # the weights stay either way
+        assert (older / "optimizer.pt").is_file() == older_whole and (older / "scheduler.pt").is_file() == older_whole
+        assert (newest / "optimizer.pt").is_file() and (newest / "scheduler.pt").is_file()

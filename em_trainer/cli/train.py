@@ -166,11 +166,14 @@ def run_cost(config: Any, model_path: str) -> list[str]:
         per_checkpoint = weights if config.save_only_model else 3 * weights  # Adam: two moments beside the weights
         saves = config.max_steps // max(1, math.ceil(config.save_steps)) if config.save_strategy != "no" else 0
         kept = saves if config.save_total_limit is None else min(saves, config.save_total_limit)
-        total = kept * per_checkpoint + weights  # every kept checkpoint has its optimizer state
+        # keep_optimizer_state="latest": only the newest checkpoint keeps its optimizer state, the others weights.
+        whole = kept if config.keep_optimizer_state == "all" else min(kept, 1)
+        total = whole * per_checkpoint + (kept - whole) * weights + weights
         lines.append(
             f"disk: about {per_checkpoint / 1e9:.2f} GB a checkpoint ({weights / 1e9:.2f} GB weights"
-            f"{'' if config.save_only_model else ' + optimizer state'}), {kept} checkpoint(s) kept, about "
-            f"{total / 1e9:.1f} GB in all with the final weights (save_only_model, save_total_limit, save_steps)"
+            f"{'' if config.save_only_model else ' + optimizer state'}), {kept} checkpoint(s) kept "
+            f"({whole} with optimizer state), about {total / 1e9:.1f} GB in all with the final weights "
+            "(save_only_model, save_total_limit, save_steps, keep_optimizer_state)"
         )
     return lines
 

@@ -163,6 +163,24 @@ class CollapseGuard(TrainerCallback):
         return control
 
 
+class PruneOptimizerState(TrainerCallback):
+    """Once a checkpoint is written whole, older checkpoints in the run's folder lose their optimizer and scheduler
+    state (``EMConfig.keep_optimizer_state="latest"``): resuming needs only the newest checkpoint's, which stays until
+    a newer one is complete, so a save cut off half way still resumes from the one before it. Weights stay."""
+
+    PRUNED = ("optimizer.pt", "scheduler.pt")
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # Called after the checkpoint at global_step is written whole (trainer_state.json included).
+        if state.is_world_process_zero:
+            for folder in Path(args.output_dir).glob("checkpoint-*"):
+                step = folder.name.removeprefix("checkpoint-")
+                if step.isdigit() and int(step) < state.global_step:
+                    for name in self.PRUNED:
+                        (folder / name).unlink(missing_ok=True)
+        return control
+
+
 class SaveAtSteps(TrainerCallback):
     """Checkpoint at the listed optimizer steps too (e.g. 2, 4, 6, 8, 10, 15, 20), besides ``save_steps``.
 

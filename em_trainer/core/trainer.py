@@ -24,7 +24,7 @@ from trl.trainer.utils import get_config_model_id, pad
 
 from ..data.models import BASE_SIDECAR, base_model_id, resolve_model
 from ..data.prompts import is_conversational_prompt, load_one_shot_dataset, messages_to_text
-from .callbacks import CollapseGuard, DevSetEarlyStopping, Scorer
+from .callbacks import CollapseGuard, DevSetEarlyStopping, PruneOptimizerState, Scorer
 from .config import EMConfig, EMConfigError
 from .cpu_decoding import PackedLinears, cpu_decoding_unavailable
 from .fused_head import head_logit_transform, patch_entropy_temperature, score_generated_positions_only
@@ -268,6 +268,8 @@ class EMTrainer(GRPOTrainer):
             )
 
     def _add_stopping_callbacks(self, args: EMConfig, dev_set_scorer: Scorer | None) -> None:
+        if args.keep_optimizer_state == "latest":
+            self.add_callback(PruneOptimizerState())
         if dev_set_scorer is not None:
             self.add_callback(
                 DevSetEarlyStopping(dev_set_scorer, args.early_stopping_eval_steps, args.early_stopping_patience)
