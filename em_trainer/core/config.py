@@ -135,7 +135,7 @@ class EMConfig(GRPOConfig):
         keep_optimizer_state (`str`, *optional*, defaults to `"latest"`):
             'latest': once a newer checkpoint is complete, older checkpoints lose their optimizer and scheduler state
             (AdamW's moments: twice the weights in float32) and keep their weights; resuming needs only the newest
-            checkpoint, which keeps everything. The 10-step CPU demo writes 2.6 GB instead of 3.7 GB. 'all': every
+            checkpoint, which keeps everything. The 10-step CPU demo writes 2.6 GiB instead of 3.6 GiB. 'all': every
             checkpoint whole (Trainer's behaviour), e.g. to resume from an older one.
         bf16 (`bool` or `None`, *optional*, defaults to `None`):
             bf16 mixed precision. None means on a GPU that supports bf16, float32 elsewhere (CPU autocast to bf16 is
