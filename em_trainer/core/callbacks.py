@@ -164,20 +164,33 @@ class CollapseGuard(TrainerCallback):
 
 
 class PruneOptimizerState(TrainerCallback):
-    """Once a checkpoint is written whole, older checkpoints in the run's folder lose their optimizer and scheduler
-    state (``EMConfig.keep_optimizer_state="latest"``): resuming needs only the newest checkpoint's, which stays until
-    a newer one is complete, so a save cut off half way still resumes from the one before it. Weights stay."""
+    """Older checkpoints lose their optimizer and scheduler state; their weights stay
+    (``EMConfig.keep_optimizer_state="latest"``).
+
+    While training, the newest two checkpoints stay whole: a kill can cut off the newest one's save, or leave its
+    state file unreadable, and the resume then falls back on the one before, which must still hold its state. Once
+    training has ended, only the newest stays whole: resuming, or continuing to a longer ``max_steps``, needs no more.
+    """
 
     PRUNED = ("optimizer.pt", "scheduler.pt")
+
+    @staticmethod
+    def _prune(output_dir: str, keep: int) -> None:
+        folders = [f for f in Path(output_dir).glob("checkpoint-*") if f.name.removeprefix("checkpoint-").isdigit()]
+        folders.sort(key=lambda f: int(f.name.removeprefix("checkpoint-")))
+        for folder in folders[:-keep] if keep else folders:
+            for name in PruneOptimizerState.PRUNED:
+                (folder / name).unlink(missing_ok=True)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         # Called after the checkpoint at global_step is written whole (trainer_state.json included).
         if state.is_world_process_zero:
-            for folder in Path(args.output_dir).glob("checkpoint-*"):
-                step = folder.name.removeprefix("checkpoint-")
-                if step.isdigit() and int(step) < state.global_step:
-                    for name in self.PRUNED:
-                        (folder / name).unlink(missing_ok=True)
+            self._prune(args.output_dir, keep=2)
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.is_world_process_zero:
+            self._prune(args.output_dir, keep=1)
         return control
 
 

@@ -133,10 +133,10 @@ class EMConfig(GRPOConfig):
         save_steps (`float`, *optional*, defaults to `5`):
             Checkpoint every N optimizer steps, so an interrupted run resumes from its last checkpoint.
         keep_optimizer_state (`str`, *optional*, defaults to `"latest"`):
-            'latest': once a newer checkpoint is complete, older checkpoints lose their optimizer and scheduler state
-            (AdamW's moments: twice the weights in float32) and keep their weights; resuming needs only the newest
-            checkpoint, which keeps everything. The 10-step CPU demo writes 2.6 GiB instead of 3.6 GiB. 'all': every
-            checkpoint whole (Trainer's behaviour), e.g. to resume from an older one.
+            'latest': older checkpoints lose their optimizer and scheduler state (AdamW's moments: twice the weights
+            in float32) and keep their weights; while training the newest two stay whole (a save cut off by a kill
+            falls back on the one before), once training ends the newest only. The 10-step CPU demo writes 2.6 GiB
+            instead of 3.6 GiB. 'all': every checkpoint whole (Trainer's behaviour), e.g. to resume from an older one.
         bf16 (`bool` or `None`, *optional*, defaults to `None`):
             bf16 mixed precision. None means on a GPU that supports bf16, float32 elsewhere (CPU autocast to bf16 is
             slow and imprecise).

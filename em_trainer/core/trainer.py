@@ -493,7 +493,9 @@ class EMTrainer(GRPOTrainer):
     def _without_checkpointing(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
         """A context in which ``model`` runs without gradient checkpointing (the shared prompt's pass)."""
         unwrapped = self.accelerator.unwrap_model(model)
-        if getattr(unwrapped, "is_gradient_checkpointing", False):
+        # transformers >= 5.23 renamed it is_activation_checkpointing and warns on the old name at every read.
+        new = hasattr(unwrapped, "is_activation_checkpointing")  # reading the new name does not warn
+        if getattr(unwrapped, "is_activation_checkpointing" if new else "is_gradient_checkpointing", False):
             return disable_gradient_checkpointing(unwrapped, self.args.gradient_checkpointing_kwargs)
         return contextlib.nullcontext()
 
