@@ -27,3 +27,18 @@ def test_the_vllm_extra_has_trls_bounds():
 def test_trl_is_pinned_to_the_tested_minor_series():
     trl = _requirement("em-trainer", "trl", None)
     assert importlib.metadata.version("trl") in trl.specifier and "1.17.0" not in trl.specifier
+
+
+# The versions a test has run: CI's pins (constraints-cpu.txt), and transformers 5.23.0, the newest on PyPI when it
+# was checked, with the trainer tests (docs/performance.md, "Newest versions"). Each declared range admits these and
+# nothing newer, so `pip install em-trainer` never resolves a version no test has run.
+TESTED = {"transformers": ("5.17.0", "5.23.0"), "accelerate": ("1.15.0",), "peft": ("0.21.2",), "trl": ("1.16.0",)}
+NEXT = {"transformers": "5.24.0", "accelerate": "1.16.0", "peft": "0.22.0", "trl": "1.17.0"}
+
+
+def test_declared_ranges_hold_the_tested_versions_and_nothing_newer():
+    for name, versions in TESTED.items():
+        specifier = _requirement("em-trainer", name, None).specifier
+        assert all(version in specifier for version in versions), (name, specifier)
+        assert NEXT[name] not in specifier, f"{name}{specifier} admits {NEXT[name]}, which no test has run"
+        assert importlib.metadata.version(name) in specifier, name
