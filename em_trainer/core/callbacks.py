@@ -205,7 +205,7 @@ class SaveAtSteps(TrainerCallback):
     still resumes from the one before it. Checkpoints at ``save_steps`` are left whole.
     """
 
-    PRUNED = ("optimizer.pt", "scheduler.pt")
+    PRUNED = PruneOptimizerState.PRUNED  # the same files: what resuming needs beyond the weights
 
     def __init__(self, steps: list[int]) -> None:
         self.steps = set(steps)
