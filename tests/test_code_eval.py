@@ -15,10 +15,10 @@ from em_trainer.evaluation.code_tasks import (
     extract_code,
     grade_code,
     humaneval_path,
-    pass_at_k,
     read_jsonl_any,
 )
 from em_trainer.evaluation.evaluate import majority_vote_accuracy
+from em_trainer.evaluation.sample_metrics import pass_at_k
 
 FIXTURES = str(Path(__file__).parent / "fixtures" / "benchmarks")
 

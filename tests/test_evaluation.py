@@ -55,8 +55,13 @@ def test_accuracy_records_and_summary(tmp_path):
     assert len(records) == 20
     assert {"prompt", "completion", "extracted", "correct", "gold", "finish_reason"} <= set(records[0])
     assert all(r["correct"] == (r["index"] % 2 == 0) for r in records)
+    # Every problem answers one thing twice: one answer, no spread, confidence 1 and half of them wrong.
+    assert result.pass_at_k == {1: 0.5, 2: 0.5}
+    assert (result.distinct_answers, result.answer_entropy, result.majority_share) == (1.0, 0.0, 1.0)
+    assert result.ece == pytest.approx(0.5) and result.reliability == [[0.9, 1.0, 20, 1.0, 0.5]]
     table = summarize([result], tmp_path)
     assert "arithmetic" in table and "50.0 (10/20)" in table
+    assert "| 1.00 | 0.000 | 0.500 |" in table
     assert (tmp_path / "summary.md").is_file() and json.loads((tmp_path / "summary.json").read_text())
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from math import comb
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,6 @@ from .sandbox_programs import source
 
 CODE_SYSTEM_PROMPT = "You are a careful Python programmer. Answer with one complete Python code block."
 _FENCE = re.compile(r"```(?:python|py|Python)?\s*\n(.*?)```", re.S)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021): 1 - C(n - c, k) / C(n, k), for n samples of which c passed."""
-    if not 0 <= c <= n or k < 1 or k > n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}.")
-    if n - c < k:
-        return 1.0
-    return 1.0 - comb(n - c, k) / comb(n, k)
 
 
 def extract_code(completion: str) -> str:

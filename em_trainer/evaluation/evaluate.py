@@ -31,8 +31,9 @@ from ..data.identity import changed_fields, fingerprint, readable_name, text_dig
 from ..data.prompts import MATH_SYSTEM_PROMPT, render_chat
 from ..decoding.generation import Generator, SamplingSettings
 from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS, EvaluationError, load_benchmark
-from .code_tasks import CODE_SYSTEM_PROMPT, grade_many, pass_at_k
+from .code_tasks import CODE_SYSTEM_PROMPT, grade_many
 from .records import RecordFile
+from .sample_metrics import pass_at_k, sample_metrics
 from .scoring import Grade, grade, grade_with_tolerance, grader_identity, parse_gold
 from .selection import majority_agreement
 
@@ -79,6 +80,14 @@ class BenchmarkResult:
     mean_length: float = 0.0  # tokens per response
     cut_share: float = 0.0  # share of responses cut at max_new_tokens (no end-of-sequence token)
     repetition: float = 0.0  # mean share of repeated word 4-grams per response (the collapse guard's measure)
+    # With n > 1 samples of a math benchmark (evaluation/sample_metrics, docs/sample_metrics.md): mean distinct final
+    # answers and outcome entropy (nats) per problem, the expected calibration error of the self-consistency
+    # confidence with its reliability bins, and the mean majority share.
+    distinct_answers: float | None = None
+    answer_entropy: float | None = None
+    ece: float | None = None
+    reliability: list[list[float]] | None = None
+    majority_share: float | None = None
 
     @property
     def accuracy(self) -> float:
@@ -163,8 +172,8 @@ def evaluate_benchmark(
     per_problem: dict[int, list[dict[str, Any]]] = {}
     for record in kept:
         per_problem.setdefault(record["index"], []).append(record)
-    ks = sorted({k for k in (1, 2, 4, 8, 16, settings.n) if k <= settings.n})
     complete = [group for group in per_problem.values() if len(group) == settings.n]
+    spread = sample_metrics(complete) if settings.n > 1 and not is_code and complete else None
     result = BenchmarkResult(
         model=model,
         benchmark=benchmark,
@@ -173,9 +182,9 @@ def evaluate_benchmark(
         total=len(kept),
         num_problems=len(rows),
         samples_per_problem=settings.n,
-        pass_at_k={
+        pass_at_k={  # every k = 1 ... n (the pass@k curve)
             k: sum(pass_at_k(settings.n, sum(bool(r["correct"]) for r in g), k) for g in complete) / len(complete)
-            for k in ks
+            for k in range(1, settings.n + 1)
         }
         if complete
         else {},
@@ -185,6 +194,9 @@ def evaluate_benchmark(
         cut_share=sum(r["finish_reason"] == "length" for r in kept) / max(len(kept), 1),
         repetition=sum(repetition_rate(r.get("completion", "")) for r in kept) / max(len(kept), 1),
     )
+    if spread is not None:
+        result.distinct_answers, result.answer_entropy = spread.distinct_answers, spread.answer_entropy
+        result.ece, result.reliability, result.majority_share = spread.ece, spread.reliability, spread.majority_share
     atomic_write_json(folder / "summary.json", {**asdict(result), "accuracy": result.accuracy})
     return result
 
@@ -294,13 +306,19 @@ def summarize(results: Sequence[BenchmarkResult], output_dir: str | Path) -> str
                 "benchmarks": {b: {**asdict(r), "accuracy": r.accuracy} for b, r in by_bench.items()},
             }
         )
-    lines += ["", "| model | T | benchmark | samples | pass@k (%) | maj@n (%) | tokens/problem |", "|" + " --- |" * 7]
+    lines += ["", "| model | T | benchmark | samples | pass@k (%) | maj@n (%) | distinct answers | answer entropy | "
+              "ECE | tokens/problem |", "|" + " --- |" * 10]  # fmt: skip
     for (model, temperature), by_bench in rows.items():
         for b, r in by_bench.items():
-            passes = ", ".join(f"@{k}: {100 * v:.1f}" for k, v in sorted(r.pass_at_k.items())) or "-"
+            shown = {1, 2, 4, 8, 16, 32, 64, r.samples_per_problem}  # the JSON has every k
+            passes = ", ".join(f"@{k}: {100 * v:.1f}" for k, v in sorted(r.pass_at_k.items()) if k in shown) or "-"
             majority = "-" if r.majority_accuracy is None else f"{100 * r.majority_accuracy:.1f}"
+            spread = [
+                "-" if v is None else f"{v:.{digits}f}"
+                for v, digits in ((r.distinct_answers, 2), (r.answer_entropy, 3), (r.ece, 3))
+            ]
             lines.append(f"| {model_tag(model)} | {temperature:g} | {b} | {r.samples_per_problem} | {passes} | "
-                         f"{majority} | {r.tokens_per_problem:.1f} |")  # fmt: skip
+                         f"{majority} | {' | '.join(spread)} | {r.tokens_per_problem:.1f} |")  # fmt: skip
     table = "\n".join(lines) + "\n"
     atomic_write_text(output_dir / "summary.md", "Accuracy in % (correct/total samples).\n\n" + table)
     atomic_write_json(output_dir / "summary.json", payload)
