@@ -123,6 +123,15 @@ def test_em_rl_config_errors_and_preset(tmp_path):
         EMConfig(output_dir=str(tmp_path), objective="neg_entropy_reward", em_advantage="rloo")
     with pytest.raises(EMConfigError, match="objective"):
         EMConfig(output_dir=str(tmp_path), objective="entropy")
+    # PSR/NSR/W-REINFORCE: a 0/1 reward under objective='grpo', the reward itself as the advantage.
+    with pytest.raises(EMConfigError, match="use objective='grpo'"):
+        EMConfig(output_dir=str(tmp_path), objective="neg_entropy_reward", em_advantage="psr")
+    with pytest.raises(EMConfigError, match="no baseline, no scaling"):
+        EMConfig(output_dir=str(tmp_path), objective="grpo", em_advantage="nsr", scale_rewards="none")
+    with pytest.raises(EMConfigError, match="positive_advantage_weight=0.3 is W-REINFORCE's lambda"):
+        EMConfig(output_dir=str(tmp_path), objective="grpo", em_advantage="psr", positive_advantage_weight=0.3)
+    with pytest.raises(EMConfigError, match="'psr', 'nsr' or 'w_reinforce'"):
+        EMConfig(output_dir=str(tmp_path), objective="grpo", em_advantage="reinforce")
     preset = EMConfig.em_rl_paper_defaults(output_dir=str(tmp_path))
     assert (preset.num_generations, preset.learning_rate, preset.beta, preset.temperature) == (4, 1e-6, 0.001, 1.0)
     assert preset.objective == "neg_entropy_reward"

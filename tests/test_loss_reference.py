@@ -166,3 +166,83 @@ def test_a_first_step_of_one_token_responses_is_refused_with_its_cause(tiny_mode
     inject_generate(fine, scripted_completions(tokenizer))
     fine.model.train()
     fine._generate_and_score_completions(rows)
+
+
+@pytest.mark.parametrize("mode", ["psr", "nsr", "w_reinforce"])
+def test_psr_nsr_and_w_reinforce_match_reinforce_on_the_kept_responses_from_full_logits(
+    tiny_model_dir, tokenizer, tmp_path, mode
+):
+    """The RLVR reference points of arXiv 2506.01347 against their definition: REINFORCE with advantage +1 on the
+    correct responses only (PSR), -1 on the wrong ones only (NSR), or lambda / -1 on all (W-REINFORCE), the token
+    mean over the kept responses, log-probs at the sampling temperature from full logits, one unpadded row at a time.
+    """
+    verdicts = [1.0, 0.0, 0.0, 1.0]
+
+    def accuracy(completions, **kwargs):
+        return verdicts[: len(completions)]
+
+    weight = 0.25
+    extra = {"positive_advantage_weight": weight} if mode == "w_reinforce" else {}
+    trainer = make_trainer(
+        tiny_model_dir, tokenizer, tmp_path, reward_funcs=[accuracy], objective="grpo", em_advantage=mode, **extra
+    )
+    completions = scripted_completions(tokenizer)
+    inject_generate(trainer, completions)
+    rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
+    model = trainer.model
+    model.train()
+    batch = trainer._generate_and_score_completions(rows)
+    eos = tokenizer.eos_token_id
+    lengths = [len(expected_generated(c, eos)) for c in completions]
+    advantage = {
+        "psr": [1.0, 0.0, 0.0, 1.0],
+        "nsr": [0.0, -1.0, -1.0, 0.0],
+        "w_reinforce": [weight, -1.0, -1.0, weight],
+    }[mode]
+    kept = [a != 0 for a in advantage]
+    assert batch["advantages"].tolist() == advantage
+    assert batch["completion_mask"].sum(1).tolist() == [n if k else 0 for n, k in zip(lengths, kept, strict=True)]
+    tokens = sum(n for n, k in zip(lengths, kept, strict=True) if k)
+    assert int(batch["num_items_in_batch"]) == tokens
+
+    trainer.current_gradient_accumulation_steps = 2
+    model.zero_grad()
+    ours = 0.0
+    for micro in split_tensor_dict(batch, 2):
+        loss = trainer.compute_loss(model, micro)
+        loss.backward()
+        ours += loss.item()
+    our_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    prompts = [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
+    model.zero_grad()
+    ref = 0.0
+    for prompt, completion, a, keep in zip(prompts, completions, advantage, kept, strict=True):
+        if not keep:
+            continue
+        generated = expected_generated(completion, eos)
+        logits = model(input_ids=torch.tensor([prompt + generated]), use_cache=False).logits[0]
+        start = len(prompt) - 1
+        logps = torch.log_softmax(logits[start : start + len(generated)].float() / trainer.args.temperature, -1)
+        ref = ref - a * logps.gather(-1, torch.tensor(generated).unsqueeze(-1)).sum()
+    (ref / tokens).backward()
+    # On-policy the ratio is 1: the loss value is -sum(A_i * |y_i|) / tokens, its gradient that of the reference.
+    by_value = -sum(a * n for a, n, k in zip(advantage, lengths, kept, strict=True) if k) / tokens
+    assert ours == pytest.approx(by_value, rel=1e-5, abs=1e-6)
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            continue
+        error = (our_grads[name] - param.grad).norm().item()
+        assert error <= 1e-4 * param.grad.norm().item() + 1e-9, f"{name}: |g - g_ref| = {error:.3g}"
+
+
+def test_signed_reinforce_refuses_a_reward_that_is_not_right_or_wrong(tiny_model_dir, tokenizer, tmp_path):
+    trainer = make_trainer(
+        tiny_model_dir, tokenizer, tmp_path, reward_funcs=[lambda completions, **kw: [0.5] * len(completions)],
+        objective="grpo", em_advantage="psr",
+    )  # fmt: skip
+    inject_generate(trainer, scripted_completions(tokenizer))
+    trainer.model.train()
+    rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
+    with pytest.raises(EMConfigError, match=r"em_advantage='psr' needs a 0/1 verifiable reward.*0\.5"):
+        trainer._generate_and_score_completions(rows)

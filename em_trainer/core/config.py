@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from trl import GRPOConfig
 
+from .objectives import SIGNED_REINFORCE
+
 PAPER_RESPONSES_PER_STEP = 64
 # EM-FT, EM-RL, and GRPO on the reward functions alone (the label-free family's answer-level rewards and controls).
 OBJECTIVES = ("entropy_loss", "neg_entropy_reward", "grpo")
@@ -160,7 +162,15 @@ class EMConfig(GRPOConfig):
             function), and the total reward is the weighted sum.
         em_advantage (`str`, *optional*, defaults to `"grpo"`):
             'grpo': TRL's group-mean baseline; 'rloo': the leave-one-out baseline, which needs scale_rewards='none' and
-            is then the group-mean advantage times G/(G-1).
+            is then the group-mean advantage times G/(G-1). With objective='grpo' and a 0/1 verifiable reward (gold
+            labels), the RLVR reference points of "The Surprising Effectiveness of Negative Reinforcement" (arXiv
+            2506.01347): 'psr' trains on the correct responses only (advantage +1), 'nsr' on the wrong ones only
+            (advantage -1), 'w_reinforce' on all (positive_advantage_weight for a correct one, -1 for a wrong one);
+            REINFORCE with no baseline and no scaling, the token mean taken over the responses kept, as in the
+            authors' code.
+        positive_advantage_weight (`float`, *optional*, defaults to `0.1`):
+            W-REINFORCE's lambda, the advantage of a correct response (the paper recommends 0.1); only with
+            em_advantage='w_reinforce'.
 
         > Early stopping and collapse guard (the paper's stated future work), all off by default
 
@@ -217,6 +227,7 @@ class EMConfig(GRPOConfig):
     em_reward_reduction: str = _documented(__doc__, "em_reward_reduction", "mean")
     em_reward_weight: float = _documented(__doc__, "em_reward_weight", 1.0)
     em_advantage: str = _documented(__doc__, "em_advantage", "grpo")
+    positive_advantage_weight: float = _documented(__doc__, "positive_advantage_weight", 0.1)
 
     # Early stopping and collapse guard (the paper's stated future work), all off by default
     early_stopping_dev_set: str | None = _documented(__doc__, "early_stopping_dev_set", None)
@@ -368,8 +379,31 @@ class EMConfig(GRPOConfig):
             raise EMConfigError(f"em_reward='{self.em_reward}': use 'trajectory', 'token' or 'self_certainty'.")
         if self.em_reward_reduction not in ("mean", "sum"):
             raise EMConfigError(f"em_reward_reduction='{self.em_reward_reduction}': use 'mean' or 'sum'.")
-        if self.em_advantage not in ("grpo", "rloo"):
-            raise EMConfigError(f"em_advantage='{self.em_advantage}': use 'grpo' or 'rloo'.")
+        if self.em_advantage not in ("grpo", "rloo", *SIGNED_REINFORCE):
+            raise EMConfigError(
+                f"em_advantage='{self.em_advantage}': use 'grpo', 'rloo', 'psr', 'nsr' or 'w_reinforce'."
+            )
+        if self.em_advantage in SIGNED_REINFORCE:
+            if self.objective != "grpo":
+                raise EMConfigError(
+                    f"em_advantage='{self.em_advantage}' reinforces responses by a 0/1 verifiable reward (gold "
+                    f"labels): use objective='grpo' with reward_funcs such as 'accuracy', not '{self.objective}'."
+                )
+            if self.scale_rewards != "group" or self.multi_objective_aggregation != "sum_then_normalize":
+                raise EMConfigError(
+                    f"em_advantage='{self.em_advantage}' uses the reward itself as the advantage (no baseline, no "
+                    "scaling): leave scale_rewards and multi_objective_aggregation at their defaults."
+                )
+        if self.positive_advantage_weight != 0.1 and self.em_advantage != "w_reinforce":
+            raise EMConfigError(
+                f"positive_advantage_weight={self.positive_advantage_weight} is W-REINFORCE's lambda and has no "
+                f"effect with em_advantage='{self.em_advantage}'; unset it or set em_advantage='w_reinforce'."
+            )
+        if self.positive_advantage_weight < 0:
+            raise EMConfigError(
+                f"positive_advantage_weight={self.positive_advantage_weight}: W-REINFORCE's lambda must be >= 0 "
+                "(0.1 recommended)."
+            )
         if self.em_advantage == "rloo" and self.scale_rewards != "none":
             raise EMConfigError(
                 "em_advantage='rloo' is the leave-one-out baseline without reward scaling; set scale_rewards='none'."

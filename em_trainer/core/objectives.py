@@ -123,3 +123,28 @@ def self_certainty_from_hidden(
     if not values:
         return rows.new_zeros(hidden.shape[:-1], dtype=torch.float32)
     return torch.cat(values).reshape(hidden.shape[:-1])
+
+
+# PSR, NSR and W-REINFORCE (Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement in LLM
+# Reasoning", arXiv 2506.01347; their verl fork, TianHongZXY/RLVR-Decomposed, compute_psr_nsr_outcome_advantage).
+SIGNED_REINFORCE = ("psr", "nsr", "w_reinforce")
+
+
+def signed_reinforce_advantages(
+    correct: torch.Tensor, mode: str, positive_weight: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and kept rows of REINFORCE on a 0/1 verifiable reward, with no baseline and no scaling.
+
+    ``'psr'`` (positive-sample reinforcement): correct responses only, advantage +1. ``'nsr'`` (negative-sample
+    reinforcement): wrong responses only, advantage -1. ``'w_reinforce'``: every response, ``positive_weight`` (the
+    paper's lambda, 0.1 recommended) for a correct one and -1 for a wrong one. The reference drops the rows PSR and NSR
+    do not keep before the loss, so its token mean runs over the kept rows only; ``kept`` says which.
+    """
+    correct = correct.bool()
+    if mode == "psr":
+        return correct.float(), correct
+    if mode == "nsr":
+        return -(~correct).float(), ~correct
+    if mode == "w_reinforce":
+        return torch.where(correct, positive_weight, -1.0).float(), torch.ones_like(correct)
+    raise ValueError(f"mode must be one of {SIGNED_REINFORCE}, got '{mode}'.")

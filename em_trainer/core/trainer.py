@@ -30,8 +30,10 @@ from .cpu_decoding import PackedLinears, cpu_decoding_unavailable
 from .fused_head import head_logit_transform, patch_entropy_temperature, score_generated_positions_only
 from .model_card import BOTH_CITATIONS, build_model_card
 from .objectives import (
+    SIGNED_REINFORCE,
     masked_token_mean_loss,
     self_certainty_from_hidden,
+    signed_reinforce_advantages,
     token_entropy_reward,
     token_normalizer,
     trajectory_reward,
@@ -107,6 +109,9 @@ class EMTrainer(GRPOTrainer):
     - `_generate_single_turn`: where TRL runs HF `generate`, prefills each prompt once and decodes fast on a CPU.
     - `_get_per_token_logps_and_entropies`: TRL's no-grad passes through the shared-prompt forward, and TRL's
       old-log-prob pass kept for the EM-RL reward.
+    - `_calculate_rewards`: keeps the gathered rewards for PSR, NSR and W-REINFORCE.
+    - `_generate_and_score_completions`: PSR, NSR and W-REINFORCE replace TRL's group advantages
+      (`em_advantage`).
     - `_compute_loss`: the mean token entropy (EM-FT); for EM-RL and GRPO, TRL's loss scored on generated positions
       only (and RLOO's leave-one-out scale).
     - `log`: keeps EM-FT's internal zero reward out of the logs.
@@ -358,6 +363,45 @@ class EMTrainer(GRPOTrainer):
             # TRL calls the rewards after this rollout (see core/rollout.py for the order relied on).
             self._rollout.new_rollout(output[0], output[1])
         return output
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards_per_func  # every process's rows, as TRL gathered them for the advantages
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        if self.args.em_advantage in SIGNED_REINFORCE:
+            output = self._signed_reinforce(output)
+        return output
+
+    def _signed_reinforce(self, output: dict[str, Any]) -> dict[str, Any]:
+        """PSR, NSR or W-REINFORCE in place of TRL's group advantages: the 0/1 reward itself decides each response's
+        advantage, and the responses PSR and NSR leave out are masked, so the token mean (and TRL's
+        ``num_items_in_batch``) runs over the kept ones, as the authors' code drops them before the loss."""
+        rewards = (self._rewards_per_func * self.reward_weights.to(self._rewards_per_func.device)).nansum(dim=1)
+        if not bool(((rewards == 0) | (rewards == 1)).all()):
+            raise EMConfigError(
+                f"em_advantage='{self.args.em_advantage}' needs a 0/1 verifiable reward (a response is right or "
+                f"wrong), and the weighted reward took the values {sorted(set(rewards.tolist()))[:6]}; use one "
+                "correctness reward such as 'accuracy' with weight 1, or em_advantage='grpo'."
+            )
+        advantages, kept = signed_reinforce_advantages(
+            rewards, self.args.em_advantage, self.args.positive_advantage_weight
+        )
+        rows = output["completion_mask"].size(0)
+        local = slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
+        device = output["completion_mask"].device
+        mask = output["completion_mask"] * kept[local].to(device).unsqueeze(1).to(output["completion_mask"].dtype)
+        tokens = mask if "tool_mask" not in output else mask * output["tool_mask"]
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["signed_reinforce/kept_share"].append(kept.float().mean().item())
+        return {
+            **output,
+            "advantages": advantages[local].to(device),
+            "completion_mask": mask,
+            "num_items_in_batch": self.accelerator.gather(tokens.sum()).sum(),
+        }
 
     def _refuse_empty_responses(self, completion_ids: list) -> None:
         """The first rollout of a run: if most responses (all processes) end at once, stop and say why.
