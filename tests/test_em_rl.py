@@ -132,6 +132,15 @@ def test_em_rl_config_errors_and_preset(tmp_path):
         EMConfig(output_dir=str(tmp_path), objective="grpo", em_advantage="psr", positive_advantage_weight=0.3)
     with pytest.raises(EMConfigError, match="'psr', 'nsr' or 'w_reinforce'"):
         EMConfig(output_dir=str(tmp_path), objective="grpo", em_advantage="reinforce")
+    # Clip-Cov: a change of the GRPO loss; its knobs only with it.
+    with pytest.raises(EMConfigError, match="objective='entropy_loss' \\(EM-FT\\) has none"):
+        EMConfig(output_dir=str(tmp_path), cov_regularization="clip_cov")
+    with pytest.raises(EMConfigError, match="clip_cov_ratio tune Clip-Cov"):
+        EMConfig(output_dir=str(tmp_path), objective="grpo", clip_cov_ratio=0.01)
+    with pytest.raises(EMConfigError, match="lower < upper"):
+        EMConfig(output_dir=str(tmp_path), objective="grpo", cov_regularization="clip_cov", clip_cov_lower=6.0)
+    with pytest.raises(EMConfigError, match="use 'clip_cov'"):
+        EMConfig(output_dir=str(tmp_path), objective="grpo", cov_regularization="kl_cov")
     preset = EMConfig.em_rl_paper_defaults(output_dir=str(tmp_path))
     assert (preset.num_generations, preset.learning_rate, preset.beta, preset.temperature) == (4, 1e-6, 0.001, 1.0)
     assert preset.objective == "neg_entropy_reward"

@@ -15,7 +15,7 @@ from trl.trainer.utils import split_tensor_dict
 
 from em_trainer import EMConfig, EMTrainer
 from em_trainer.core.config import EMConfigError
-from em_trainer.core.objectives import token_entropy_from_logits
+from em_trainer.core.objectives import clip_cov_selection, token_entropy_from_logits
 
 MAX_LEN = 6
 
@@ -246,3 +246,89 @@ def test_signed_reinforce_refuses_a_reward_that_is_not_right_or_wrong(tiny_model
     rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
     with pytest.raises(EMConfigError, match=r"em_advantage='psr' needs a 0/1 verifiable reward.*0\.5"):
         trainer._generate_and_score_completions(rows)
+
+
+def test_clip_cov_selection_is_the_covariance_band_drawn_at_the_ratio():
+    """Clip-Cov's token choice against a per-token loop: centred products, the band, the count, the PPO-clipped
+    tokens left alone."""
+    torch.manual_seed(0)
+    logps = -torch.rand(3, 5) * 4
+    advantages = torch.tensor([1.5, -0.5, -1.0])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    cells = [(i, t) for i in range(3) for t in range(5) if mask[i, t]]
+    mean_a = sum(float(advantages[i]) for i, _ in cells) / len(cells)
+    mean_l = sum(float(logps[i, t]) for i, t in cells) / len(cells)
+    band = {(i, t) for i, t in cells if 0.2 < (float(advantages[i]) - mean_a) * (float(logps[i, t]) - mean_l) < 3}
+    assert 0 < len(band) < len(cells)
+    everything = clip_cov_selection(logps, advantages, mask, ratio=1.0, lower=0.2, upper=3)
+    assert {tuple(x) for x in torch.nonzero(everything).tolist()} == band
+    some = clip_cov_selection(logps, advantages, mask, ratio=0.1, lower=0.2, upper=3)
+    chosen = {tuple(x) for x in torch.nonzero(some).tolist()}
+    assert chosen <= band and len(chosen) == min(max(int(0.1 * len(cells)), 1), len(band))
+    held = torch.zeros_like(everything)
+    first = sorted(band)[0]
+    held[first] = True
+    assert first not in {tuple(x) for x in torch.nonzero(clip_cov_selection(
+        logps, advantages, mask, ratio=1.0, lower=0.2, upper=3, clipped=held)).tolist()}  # fmt: skip
+
+
+def test_clip_cov_detaches_exactly_the_band_tokens_of_the_grpo_loss_from_full_logits(
+    tiny_model_dir, tokenizer, tmp_path
+):
+    """The GRPO loss with Clip-Cov (ratio 1: every token in the band) has the gradient of TRL's loss without the band's
+    tokens, computed from full logits with each micro-batch's own means; without Clip-Cov the gradient differs."""
+    verdicts = [1.0, 0.0, 0.0, 1.0]
+
+    def accuracy(completions, **kwargs):
+        return verdicts[: len(completions)]
+
+    band = (0.0, 100.0)
+    grads, selected_count = {}, 0
+    for cov in ("clip_cov", None):
+        extra = {"cov_regularization": cov, "clip_cov_ratio": 1.0, "clip_cov_lower": band[0]} if cov else {}
+        trainer = make_trainer(
+            tiny_model_dir, tokenizer, tmp_path / str(cov), reward_funcs=[accuracy], objective="grpo", **extra
+        )
+        completions = scripted_completions(tokenizer)
+        inject_generate(trainer, completions)
+        rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
+        model = trainer.model
+        model.train()
+        batch = trainer._generate_and_score_completions(rows)
+        trainer.current_gradient_accumulation_steps = 2
+        model.zero_grad()
+        for micro in split_tensor_dict(batch, 2):
+            trainer.compute_loss(model, micro).backward()
+        grads[cov] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eos = tokenizer.eos_token_id
+    prompts = [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
+    advantages = batch["advantages"].tolist()
+    model.zero_grad()
+    ref = 0.0
+    for micro in ((0, 1), (2, 3)):
+        per_row = {}
+        for i in micro:
+            generated = expected_generated(completions[i], eos)
+            logits = model(input_ids=torch.tensor([prompts[i] + generated]), use_cache=False).logits[0]
+            start = len(prompts[i]) - 1
+            logps = torch.log_softmax(logits[start : start + len(generated)].float() / trainer.args.temperature, -1)
+            per_row[i] = logps.gather(-1, torch.tensor(generated).unsqueeze(-1)).squeeze(-1)
+        cells = [(i, t) for i in micro for t in range(len(per_row[i]))]
+        mean_a = sum(advantages[i] for i, _ in cells) / len(cells)
+        mean_l = sum(per_row[i][t].item() for i, t in cells) / len(cells)
+        for i, t in cells:
+            if band[0] < (advantages[i] - mean_a) * (per_row[i][t].item() - mean_l) < band[1]:
+                selected_count += 1
+            else:
+                ref = ref - advantages[i] * per_row[i][t]
+    (ref / int(batch["num_items_in_batch"])).backward()
+    assert 0 < selected_count < int(batch["num_items_in_batch"])
+    differs = False
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            continue
+        error = (grads["clip_cov"][name] - param.grad).norm().item()
+        assert error <= 1e-4 * param.grad.norm().item() + 1e-9, f"{name}: |g - g_ref| = {error:.3g}"
+        differs |= (grads[None][name] - param.grad).norm().item() > 1e-3 * param.grad.norm().item()
+    assert differs, "the band's tokens carried gradient: the reference cannot tell Clip-Cov from plain GRPO"

@@ -172,6 +172,19 @@ class EMConfig(GRPOConfig):
             W-REINFORCE's lambda, the advantage of a correct response (the paper recommends 0.1); only with
             em_advantage='w_reinforce'.
 
+        cov_regularization (`str` or `None`, *optional*, defaults to `None`):
+            'clip_cov': Clip-Cov ("The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models",
+            arXiv 2505.22617), the entropy-preserving change of the GRPO loss: in each micro-batch, a random
+            clip_cov_ratio of the generated tokens whose covariance term (A - mean A)(log p - mean log p) lies between
+            clip_cov_lower and clip_cov_upper get no gradient, the tokens through which an update collapses entropy.
+            Applies to both GRPO losses (objective 'neg_entropy_reward' and 'grpo'). None: TRL's loss unchanged.
+        clip_cov_ratio (`float`, *optional*, defaults to `0.0002`):
+            Share of a micro-batch's generated tokens Clip-Cov detaches (at least one), the paper's 2e-4.
+        clip_cov_lower (`float`, *optional*, defaults to `1.0`):
+            Lower bound of the covariance term of the tokens Clip-Cov may detach, the paper's 1.
+        clip_cov_upper (`float`, *optional*, defaults to `5.0`):
+            Upper bound of that term, the paper's 5.
+
         > Early stopping and collapse guard (the paper's stated future work), all off by default
 
         early_stopping_dev_set (`str` or `None`, *optional*, defaults to `None`):
@@ -228,6 +241,10 @@ class EMConfig(GRPOConfig):
     em_reward_weight: float = _documented(__doc__, "em_reward_weight", 1.0)
     em_advantage: str = _documented(__doc__, "em_advantage", "grpo")
     positive_advantage_weight: float = _documented(__doc__, "positive_advantage_weight", 0.1)
+    cov_regularization: str | None = _documented(__doc__, "cov_regularization", None)
+    clip_cov_ratio: float = _documented(__doc__, "clip_cov_ratio", 0.0002)
+    clip_cov_lower: float = _documented(__doc__, "clip_cov_lower", 1.0)
+    clip_cov_upper: float = _documented(__doc__, "clip_cov_upper", 5.0)
 
     # Early stopping and collapse guard (the paper's stated future work), all off by default
     early_stopping_dev_set: str | None = _documented(__doc__, "early_stopping_dev_set", None)
@@ -398,6 +415,24 @@ class EMConfig(GRPOConfig):
             raise EMConfigError(
                 f"positive_advantage_weight={self.positive_advantage_weight} is W-REINFORCE's lambda and has no "
                 f"effect with em_advantage='{self.em_advantage}'; unset it or set em_advantage='w_reinforce'."
+            )
+        if self.cov_regularization not in (None, "clip_cov"):
+            raise EMConfigError(f"cov_regularization='{self.cov_regularization}': use 'clip_cov' or leave it unset.")
+        clip_cov = {"clip_cov_ratio": 0.0002, "clip_cov_lower": 1.0, "clip_cov_upper": 5.0}
+        changed = [name for name, default in clip_cov.items() if getattr(self, name) != default]
+        if changed and self.cov_regularization != "clip_cov":
+            raise EMConfigError(
+                f"{', '.join(changed)} tune Clip-Cov and have no effect without cov_regularization='clip_cov'."
+            )
+        if self.cov_regularization is not None and self.objective == "entropy_loss":
+            raise EMConfigError(
+                "cov_regularization='clip_cov' changes the GRPO loss; objective='entropy_loss' (EM-FT) has none. Use "
+                "objective='grpo' or 'neg_entropy_reward', or unset it."
+            )
+        if not 0 < self.clip_cov_ratio <= 1 or self.clip_cov_lower >= self.clip_cov_upper:
+            raise EMConfigError(
+                f"clip_cov_ratio={self.clip_cov_ratio}, clip_cov_lower={self.clip_cov_lower}, clip_cov_upper="
+                f"{self.clip_cov_upper}: the ratio must be in (0, 1] and lower < upper (the paper: 2e-4, 1, 5)."
             )
         if self.positive_advantage_weight < 0:
             raise EMConfigError(

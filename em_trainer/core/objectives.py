@@ -148,3 +148,42 @@ def signed_reinforce_advantages(
     if mode == "w_reinforce":
         return torch.where(correct, positive_weight, -1.0).float(), torch.ones_like(correct)
     raise ValueError(f"mode must be one of {SIGNED_REINFORCE}, got '{mode}'.")
+
+
+def clip_cov_selection(
+    logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ratio: float = 2e-4,
+    lower: float = 1.0,
+    upper: float = 5.0,
+    clipped: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The tokens whose gradient Clip-Cov detaches (Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning
+    for Reasoning Language Models", arXiv 2505.22617; PRIME-RL/Entropy-Mechanism-of-RL, as in verl's ``clip_cov``).
+
+    Per token, the centred product ``(A - mean A) * (log p - mean log p)`` (means over the ``mask``ed tokens of the
+    batch) is its covariance contribution: large positive values are the tokens whose update lowers entropy most.
+    ``max(1, int(ratio * tokens))`` of the tokens with ``lower < cov < upper``, drawn at random, are returned; tokens
+    the PPO clip already holds (``clipped``) are never drawn. ``advantages`` is ``(batch,)`` or ``(batch, length)``.
+    """
+    valid = mask.bool()
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    advantages = advantages.expand_as(logps).float()
+    values = logps.detach().float()
+    count = valid.sum()
+    mean_a = (advantages * valid).sum() / count.clamp(min=1)
+    mean_logp = (values * valid).sum() / count.clamp(min=1)
+    cov = (advantages - mean_a) * (values - mean_logp)
+    candidates = valid & (cov > lower) & (cov < upper)
+    if clipped is not None:
+        candidates &= ~clipped.bool()
+    where = torch.nonzero(candidates)
+    take = min(max(int(ratio * int(count)), 1), len(where))
+    selected = torch.zeros_like(valid)
+    if take:
+        picked = where[torch.randperm(len(where), generator=generator, device="cpu")[:take].to(where.device)]
+        selected[picked[:, 0], picked[:, 1]] = True
+    return selected

@@ -31,6 +31,7 @@ from .fused_head import head_logit_transform, patch_entropy_temperature, score_g
 from .model_card import BOTH_CITATIONS, build_model_card
 from .objectives import (
     SIGNED_REINFORCE,
+    clip_cov_selection,
     masked_token_mean_loss,
     self_certainty_from_hidden,
     signed_reinforce_advantages,
@@ -112,6 +113,7 @@ class EMTrainer(GRPOTrainer):
     - `_calculate_rewards`: keeps the gathered rewards for PSR, NSR and W-REINFORCE.
     - `_generate_and_score_completions`: PSR, NSR and W-REINFORCE replace TRL's group advantages
       (`em_advantage`).
+    - `_get_per_token_logps_and_entropies` also hands TRL's loss Clip-Cov's detached tokens (`cov_regularization`).
     - `_compute_loss`: the mean token entropy (EM-FT); for EM-RL and GRPO, TRL's loss scored on generated positions
       only (and RLOO's leave-one-out scale).
     - `log`: keeps EM-FT's internal zero reward out of the logs.
@@ -159,6 +161,7 @@ class EMTrainer(GRPOTrainer):
         self._grpo_loss = args.objective in ("neg_entropy_reward", "grpo")
         self._rollout = RolloutStash()
         self._first_rollout_checked = False
+        self._clip_cov_batch: dict[str, Any] | None = None  # the micro-batch whose loss Clip-Cov is changing
         reward_funcs, args = self._reward_setup(reward_funcs, args)
         self._has_placeholder_reward = reward_funcs == [_no_reward]
 
@@ -505,9 +508,12 @@ class EMTrainer(GRPOTrainer):
             and model is self.model
         )
         if not reusable:
-            return self._scored_forward(
+            result = self._scored_forward(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
             )
+            if self._clip_cov_batch is not None and torch.is_grad_enabled():
+                result = (self._clip_cov(result[0]), *result[1:])
+            return result
         with score_generated_positions_only():
             logps, entropies, aux = self._scored_forward(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, True, **kwargs
@@ -633,9 +639,33 @@ class EMTrainer(GRPOTrainer):
                 # Leave-one-out: r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean_j r_j).
                 group = self.num_generations
                 inputs = {**inputs, "advantages": inputs["advantages"] * group / (group - 1)}
-            with score_generated_positions_only():
-                return super()._compute_loss(model, inputs)
+            self._clip_cov_batch = inputs if self.args.cov_regularization == "clip_cov" else None
+            try:
+                with score_generated_positions_only():
+                    return super()._compute_loss(model, inputs)
+            finally:
+                self._clip_cov_batch = None
         return self._entropy_loss(model, inputs)
+
+    def _clip_cov(self, logps: torch.Tensor) -> torch.Tensor:
+        """Clip-Cov: the selected tokens' log-probs enter TRL's loss detached, so they carry no gradient (the
+        reference multiplies their loss term by 0; the gradients are the same)."""
+        inputs = self._clip_cov_batch
+        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        advantages = inputs["advantages"]
+        advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+        old = inputs.get("old_per_token_logps")
+        ratio = torch.exp(logps.detach() - (logps.detach() if old is None else old))
+        low, high = 1 - self.epsilon_low, 1 + self.epsilon_high
+        clipped = (-advantages * ratio.clamp(low, high)) > (-advantages * ratio)  # where PPO's clip already acts
+        selected = clip_cov_selection(
+            logps, advantages, mask, self.args.clip_cov_ratio, self.args.clip_cov_lower, self.args.clip_cov_upper,
+            clipped,
+        )  # fmt: skip
+        mode = "train" if self.model.training else "eval"
+        share = selected.sum() / mask.sum().clamp(min=1)
+        self._metrics[mode]["clip_cov/detached_share"].append(self.accelerator.gather(share).mean().item())
+        return torch.where(selected, logps.detach(), logps)
 
     def _plain_logps_and_entropies(self, model: torch.nn.Module, inputs: dict[str, Any]):
         completion_ids = inputs["completion_ids"]
