@@ -28,6 +28,8 @@ from .child_process import run_child
 from .sweep import RUN_MARKER, Run, SweepError, check_runs, summarize, train_run
 
 METRICS = ("greedy_accuracy", "sampled_accuracy", "entropy", "skewness", "mean_length", "cut_share")
+# What n samples per problem measure (``measure.samples``; evaluation/sample_metrics, docs/sample_metrics.md).
+SPREAD_METRICS = ("pass_at_1", "pass_at_n", "majority_accuracy", "distinct_answers", "answer_entropy", "ece")
 TEST_BENCHMARK = "arithmetic"
 ARM_KINDS = ("decode", "train")
 DECODINGS = ("plain", "em_inf", "adaptive_temperature")
@@ -53,7 +55,9 @@ class StudyConfig:
             the test benchmark.
         select (`dict`, defaults to `{}`): ``em-trainer select`` options (k, temperature, max_new_tokens, ...).
         measure (`dict`, defaults to `{}`): measurement settings (max_new_tokens 96, temperature 0.5,
-            entropy_problems 4, entropy_samples 4, batch_size 8, temperatures, temperature_steps, histogram_bins).
+            entropy_problems 4, entropy_samples 4, batch_size 8, temperatures, temperature_steps, histogram_bins,
+            and ``samples: {n, problems, temperature}``: pass@k for k = 1 ... n, answer diversity and calibration
+            from n samples of each of the first ``problems`` test problems, at every measured step).
         arms (`dict`, defaults to `{}`): name -> ``{kind: decode, decoding: plain|em_inf|adaptive_temperature}`` or
             ``{kind: train, config: <train YAML beside the study>, train_args: [...]}``.
         train_args (`list[str]`, defaults to `[]`): ``em-trainer train`` options every training run gets.
@@ -254,6 +258,7 @@ def resolve_study(definition: StudyConfig, path: Path | None, quick: bool, given
         raise StudyError(f"pool_seed {raw['pool_seed']}: must be >= 0.")
     if any(int(step) < 0 for step in raw["steps"] or []):
         raise StudyError(f"steps {raw['steps']}: steps are optimizer steps, >= 0.")
+    _check_samples((raw["measure"] or {}).get("samples"))
     output = Path(raw["output_dir"])
     return Study(
         config_path=path if path is not None else Path("."),
@@ -270,6 +275,23 @@ def resolve_study(definition: StudyConfig, path: Path | None, quick: bool, given
         arms=arms,
         train_args=[str(a) for a in raw["train_args"] or []],
     )
+
+
+def _check_samples(samples: Any) -> None:
+    """``measure.samples`` is off (absent) or ``{n >= 2, problems >= 1, temperature > 0}``, in one line if not."""
+    if samples is None:
+        return
+    allowed = {"n", "problems", "temperature"}
+    if not isinstance(samples, dict) or set(samples) - allowed:
+        raise StudyError(f"measure.samples is {samples!r}; write {{n: 32, problems: 10}} (keys: {sorted(allowed)}).")
+    try:
+        n, problems = int(samples.get("n", 32)), int(samples.get("problems", 1))
+        temperature = float(samples.get("temperature", 1.0))
+    except (TypeError, ValueError):
+        raise StudyError(f"measure.samples {samples!r}: n and problems are integers, temperature a number.") from None
+    if n < 2 or problems < 1 or temperature <= 0:
+        raise StudyError(f"measure.samples {samples!r}: pass@k needs n >= 2 samples of problems >= 1 problems at a "
+                         "temperature > 0.")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------------- data
@@ -398,6 +420,9 @@ def measure_model(
             str(t): known[float(t)] if float(t) in known else accuracy(float(t), seed, f"-T{t}").accuracy
             for t in settings.get("temperatures", [])
         }
+    if settings.get("samples"):
+        result.update(_sample_spread(generator, study, settings["samples"], label, seed, out, length,
+                                     sample_temperature or temperature, batch_size))  # fmt: skip
     if decoding == "plain":
         # Entropy and logit shape describe the model; a decoding arm leaves the model as it is (the base's).
         from ..data.prompts import MATH_SYSTEM_PROMPT, chat_messages
@@ -421,6 +446,38 @@ def measure_model(
             logit_histogram={"edges": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts]},
         )
     return result
+
+
+def _sample_spread(
+    generator: Any, study: Study, samples: dict[str, Any], label: str, seed: int, out: Path, length: int,
+    temperature: float, batch_size: int,
+) -> dict[str, Any]:  # fmt: skip
+    """pass@k for k = 1 ... n, answer diversity and calibration from ``samples.n`` samples of each of the first
+    ``samples.problems`` test problems, at ``samples.temperature`` (default: the sampling temperature)."""
+    from ..decoding.generation import SamplingSettings
+    from ..evaluation.evaluate import evaluate_benchmark
+
+    n = int(samples.get("n", 32))
+    problems = min(int(samples.get("problems", study.test_size)), study.test_size)
+    settings = SamplingSettings(
+        temperature=float(samples.get("temperature", temperature)), n=n, max_new_tokens=length, seed=seed
+    )
+    spread = evaluate_benchmark(
+        generator, generator.tokenizer, f"{label}-n{n}", TEST_BENCHMARK, out, settings, limit=problems,
+        progress=None, chunk_size=max(1, batch_size // n),
+    )  # fmt: skip
+    curve = [spread.pass_at_k[k] for k in range(1, n + 1)]
+    return {
+        "pass_at_k": curve,
+        "pass_at_1": curve[0],
+        "pass_at_n": curve[-1],
+        "majority_accuracy": spread.majority_accuracy,
+        "distinct_answers": spread.distinct_answers,
+        "answer_entropy": spread.answer_entropy,
+        "ece": spread.ece,
+        "majority_share": spread.majority_share,
+        "reliability": spread.reliability,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------ runs
@@ -761,7 +818,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, di
     grouped: dict[str, dict[str, dict[str, list[float]]]] = {}
     for record in records:
         by_metric = grouped.setdefault(record["arm"], {}).setdefault(str(record["step"]), {})
-        for metric in METRICS:
+        for metric in (*METRICS, *SPREAD_METRICS):
             value = record.get(metric)
             if value is not None and not math.isnan(value):
                 by_metric.setdefault(metric, []).append(float(value))

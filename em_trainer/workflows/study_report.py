@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .peak_collapse import peak_and_collapse, render_peak_collapse
-from .study import METRICS, summarize
+from .study import METRICS, SPREAD_METRICS, summarize
 
 LABELS = {
     "greedy_accuracy": "greedy acc. (%)",
@@ -23,7 +23,15 @@ LABELS = {
     "mean_length": "length (tokens)",
     "cut_share": "cut at limit (%)",
 }
-PERCENT = {"greedy_accuracy", "sampled_accuracy", "cut_share"}
+SPREAD_LABELS = {
+    "pass_at_1": "pass@1 (%)",
+    "pass_at_n": "pass@n (%)",
+    "majority_accuracy": "maj@n (%)",
+    "distinct_answers": "distinct answers",
+    "answer_entropy": "answer entropy (nats)",
+    "ece": "ECE",
+}
+PERCENT = {"greedy_accuracy", "sampled_accuracy", "cut_share", "pass_at_1", "pass_at_n", "majority_accuracy"}
 BEGIN, END = "<!-- study-report:begin {name} -->", "<!-- study-report:end {name} -->"
 
 
@@ -82,6 +90,7 @@ def render_report(results: dict[str, Any]) -> str:
         for step in sorted(steps, key=int):
             lines.append(_row(name, steps, step))
     lines += _temperature_table(results)
+    lines += _spread_table(results)
     wall = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in results["wall_seconds"].items())
     lines += ["", f"Wall time (summed over resumed runs): {wall}."]
     measuring: dict[str, float] = {}
@@ -120,6 +129,108 @@ def _temperature_table(results: dict[str, Any]) -> list[str]:
         cells = " | ".join(_cell(curve.get(t), "greedy_accuracy") for t in temperatures)
         lines.append(f"| {arm} | {step} | {cells} |")
     return lines
+
+
+def _spread_table(results: dict[str, Any]) -> list[str]:
+    """pass@1 against pass@n, answer diversity and calibration per arm and measured step (``measure.samples``)."""
+    samples = results["study"]["measure"].get("samples")
+    if not samples or not any(r.get("pass_at_k") for r in results["records"]):
+        return []
+    aggregate, arms = results["aggregate"], results["study"]["arms"]
+    n = int(samples.get("n", 32))
+    lines = [
+        "",
+        f"**pass@k, answer diversity and calibration** (n = {n} samples of each of the first "
+        f"{samples.get('problems')} test problems; pass@n is pass@{n}; ECE of the self-consistency confidence, "
+        "docs/sample_metrics.md):",
+        "",
+        "| arm | step | seeds | " + " | ".join(SPREAD_LABELS[m] for m in SPREAD_METRICS) + " |",
+        "| --- " * (3 + len(SPREAD_METRICS)) + "|",
+    ]
+    for name, arm in arms.items():
+        steps = aggregate.get(name, {})
+        shown = ["0"] if arm["kind"] == "decode" else [s for s in sorted(steps, key=int) if s != "0"]
+        for step in shown:
+            stats = steps.get(step, {})
+            if "pass_at_1" not in stats:
+                continue
+            cells = " | ".join(_cell(stats.get(metric), metric) for metric in SPREAD_METRICS)
+            lines.append(f"| {name} | {step} | {stats['pass_at_1']['seeds']} | {cells} |")
+    return lines
+
+
+def pass_at_k_curves(results: dict[str, Any]) -> dict[tuple[str, int], list[dict[str, float]]]:
+    """Per (arm, step) measured with ``measure.samples``: for k = 1 ... n, pass@k's mean/std/min/max over seeds."""
+    gathered: dict[tuple[str, int], list[list[float]]] = {}
+    for record in results["records"]:
+        if record.get("pass_at_k"):
+            gathered.setdefault((record["arm"], record["step"]), []).append(record["pass_at_k"])
+    return {key: [summarize(list(at_k)) for at_k in zip(*curves, strict=True)] for key, curves in gathered.items()}
+
+
+def pooled_reliability(results: dict[str, Any], arm: str, step: int) -> list[list[float]]:
+    """The reliability bins of (arm, step) pooled over seeds: [lower, upper, samples, mean confidence, accuracy]."""
+    pooled: dict[float, list[float]] = {}
+    for record in results["records"]:
+        if record["arm"] != arm or record["step"] != step:
+            continue
+        for low, high, count, confidence, accuracy in record.get("reliability") or []:
+            total = pooled.setdefault(low, [low, high, 0.0, 0.0, 0.0])
+            total[2] += count
+            total[3] += count * confidence
+            total[4] += count * accuracy
+    return [[low, high, c, conf / c, acc / c] for low, high, c, conf, acc in sorted(pooled.values()) if c]
+
+
+def plot_pass_at_k(results: dict[str, Any], path: str | Path) -> Path | None:
+    """Two panels: pass@k against k (log scale) for the base model and every training arm at its last step, with
+    a band of one standard deviation over seeds; and the reliability diagram of the same models, pooled over seeds
+    (accuracy against confidence per bin; the diagonal is perfect calibration; dot area: samples in the bin)."""
+    curves = pass_at_k_curves(results)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = max(results["study"]["steps"])
+    chosen = [key for key in sorted(curves) if key == ("base", 0) or key[1] == last]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for index, (arm, step) in enumerate(chosen):
+        curve = curves[(arm, step)]
+        ks = list(range(1, len(curve) + 1))
+        mean = [100 * c["mean"] for c in curve]
+        low = [max(0.0, 100 * (c["mean"] - c["std"])) for c in curve]
+        high = [min(100.0, 100 * (c["mean"] + c["std"])) for c in curve]
+        colour = f"C{index % 10}"
+        label = "base" if arm == "base" else f"{arm}, step {step}"
+        left.plot(ks, mean, color=colour, label=label)
+        left.fill_between(ks, low, high, color=colour, alpha=0.12)
+        bins = pooled_reliability(results, arm, step)
+        if bins:
+            total = sum(b[2] for b in bins)
+            right.plot([b[3] for b in bins], [100 * b[4] for b in bins], color=colour, marker=None, linewidth=0.8)
+            right.scatter([b[3] for b in bins], [100 * b[4] for b in bins], s=[400 * b[2] / total for b in bins],
+                          color=colour, alpha=0.6)  # fmt: skip
+    left.set_xscale("log", base=2)
+    n = max(len(c) for c in curves.values())
+    left.set_xticks([k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n])
+    left.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    left.set_xlabel("k (samples per problem)")
+    left.set_ylabel("pass@k (%)")
+    left.set_ylim(max(0.0, left.get_ylim()[0]), min(100.0, left.get_ylim()[1]))
+    left.set_title("pass@k")
+    right.plot([0, 1], [0, 100], color="grey", linestyle=":", linewidth=1)
+    right.set_xlim(0, 1.02)
+    right.set_ylim(0, 100)
+    right.set_xlabel("confidence (share of samples with the same answer)")
+    right.set_ylabel("accuracy in the bin (%)")
+    right.set_title("reliability (pooled over seeds)")
+    handles, labels = left.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.07 + 0.05 * ((len(labels) - 1) // 5), 1, 1))
+    return _figure(path, figure)
 
 
 def render_ordering(results: dict[str, Any]) -> str:
