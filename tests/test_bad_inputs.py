@@ -269,8 +269,26 @@ def test_the_docs_table_lists_every_recipe_case():
 def test_train_check_validates_and_stops_before_loading(files, capsys):
     out = files["dir"] / "checked"
     assert main(["train", "--model", files["tiny"], "--check", "--output_dir", str(out)]) == 0
-    assert "check passed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "check passed" in printed
     assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+    # Its cost: the device, the tokens a step, an estimate of the time (scaled from a measured step) and the disk.
+    assert "device: cpu; a step generates up to" in printed and "time: about" in printed and "disk: about" in printed
+
+
+def test_the_time_estimate_counts_parameters_from_the_headers_and_scales_with_them_and_the_tokens(files):
+    from transformers import AutoModelForCausalLM
+
+    from em_trainer.cli.train import STEP_RATES, parameter_count, step_time_estimate
+
+    model = AutoModelForCausalLM.from_pretrained(files["tiny"])
+    # The tiny model ties its head to its embedding: safetensors stores the tensor once, as the model counts it.
+    assert parameter_count(files["tiny"]) == sum(p.numel() for p in model.parameters())
+    assert parameter_count(str(Path(files["tiny"]) / "missing")) is None
+    seconds, tokens, parameters, _ = STEP_RATES["cpu"]
+    assert step_time_estimate("cpu", int(parameters), tokens, 10).startswith(f"time: about {seconds:.0f} s a step")
+    assert "about 58 s a step, about 10 min" in step_time_estimate("cpu", int(parameters), 8 * tokens, 10)
+    assert "about 5 min a step, about 54 min" in step_time_estimate("cuda", 7_600_000_000, 64 * 2048, 10)
 
 
 def test_plain_prompts_is_raw_or_chat(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -144,17 +145,62 @@ def continues_run(stored: dict[str, Any], identity: dict[str, Any]) -> bool:
     return rest and same and schedule in _LENGTH_FREE_SCHEDULES and longer and new["max_steps"] > old["max_steps"]
 
 
-def run_cost(config: Any, model_path: str) -> list[str]:
-    """What a run will cost, for ``--check``: where it runs, how many tokens a step generates, and the disk its
-    checkpoints take (weights, plus the optimizer state unless ``save_only_model``)."""
-    import math
+# Measured step times, one per kind of device, that --check scales to a run by parameters x response tokens (the step
+# time is about proportional to both; longer responses cost somewhat more per token): seconds per step, response
+# tokens a step, parameters, and where the figure comes from.
+STEP_RATES = {
+    "cpu": (7.216, 8 * 64, 134.5e6, "SmolLM2-135M at 8 x 64 on a 2-core AMD EPYC (benchmarks/results/"
+            "step_time_fast_8x64.json); slower CPUs take up to 3x longer"),
+    "cuda": (16.47, 64 * 512, 1.54e9, "Qwen2.5-1.5B at 64 x 512 on one H200 (benchmarks/results/gpu_check.json); "
+             "other GPUs differ"),
+}  # fmt: skip
 
+
+def parameter_count(model_path: str) -> int | None:
+    """The number of parameters in a model folder's safetensors files, read from their headers (no weights loaded);
+    None when the folder has none."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_path).glob("*.safetensors")) if os.path.isdir(model_path) else []
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                total += math.prod(handle.get_slice(name).get_shape())
+    return total
+
+
+def step_time_estimate(device: str, parameters: int, tokens: int, steps: int) -> str:
+    """One line: the seconds a step and a run will take, scaled from the device kind's measured step."""
+    seconds, measured_tokens, measured_parameters, source = STEP_RATES[device]
+    per_step = seconds * (parameters / measured_parameters) * (tokens / measured_tokens)
+
+    def readable(value: float) -> str:
+        if value < 120:
+            return f"{value:.0f} s"
+        return f"{value / 60:.0f} min" if value < 7200 else f"{value / 3600:.1f} h"
+
+    total = "" if steps < 1 else f", about {readable(per_step * steps)} for {steps} step(s)"
+    return (
+        f"time: about {readable(per_step)} a step{total} ({parameters / 1e6:,.0f}M parameters x {tokens:,} response "
+        f"tokens, scaled from {source}; the first step adds the shared-prompt self-check, at most about one step)"
+    )
+
+
+def run_cost(config: Any, model_path: str) -> list[str]:
+    """What a run will cost, for ``--check``: where it runs, how many tokens a step generates, an estimate of its time
+    and the disk its checkpoints take (weights, plus the optimizer state unless ``save_only_model``)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() and not config.use_cpu else "cpu"
     tokens = config.responses_per_step * config.max_completion_length
     lines = [f"device: {device}; a step generates up to {config.responses_per_step} x "
              f"{config.max_completion_length} = {tokens:,} tokens, {config.max_steps} step(s)"]  # fmt: skip
+    parameters = parameter_count(model_path)
+    if parameters:
+        lines.append(step_time_estimate(device, parameters, tokens, config.max_steps))
     if device == "cpu" and tokens > 8192:
         lines.append(
             f"on a CPU, {tokens:,} tokens a step take tens of minutes to hours per step for any real model; the CPU "
