@@ -1,5 +1,5 @@
-"""docs/results.md shows exactly what benchmarks/results/{replication*,label_free*,ordering}.json hold (regenerate with
-`python benchmarks/replication_report.py`)."""
+"""docs/results.md shows exactly what benchmarks/results/{replication*,label_free*,tradeoffs*,ordering}.json hold
+(regenerate with `python benchmarks/replication_report.py`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_results_page_matches_the_json():
     document = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     folder = ROOT / "benchmarks" / "results"
-    studies = [*folder.glob("replication*.json"), *folder.glob("label_free*.json"), *folder.glob("ordering.json")]
+    studies = [*folder.glob("ordering.json")]
+    for study in ("replication", "label_free", "tradeoffs"):
+        studies += folder.glob(f"{study}*.json")
     files = {path.stem: path for path in studies}
     assert {"replication_quick", "label_free_quick", "label_free"} <= set(files), "the studies' JSON is committed"
     blocks = re.findall(r"<!-- study-report:begin (\S+) -->", document)
