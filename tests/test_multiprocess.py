@@ -57,13 +57,14 @@ def test_two_processes_give_one_process_rewards_loss_and_gradients(tiny_model_di
     (tests/scripts/dp_equivalence.py): the rewards and advantages of the whole batch, the loss averaged over ranks and
     DDP's averaged gradient equal one process's on the same batch. Before the group rewards gathered the batch, the
     gaps were 0.14-0.24 (loss) and 0.66-1.6 (relative gradient) for the majority-vote, semantic-entropy and random
-    rewards; now all are float noise (below 2e-7). Cost: two torchrun start-ups (about 30 s) for 16 comparisons."""
+    rewards; now all are float noise (below 2e-7). PSR, NSR and W-REINFORCE keep the rows of their sign on each rank and
+    average over all ranks' kept tokens. Cost: two torchrun start-ups (about 40 s) for 22 comparisons."""
     script = str(REPO / "tests" / "scripts" / "dp_equivalence.py")
     for processes in (1, 2):
         result = torchrun(script, tiny_model_dir, str(tmp_path), processes=processes)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     one, two = torch.load(tmp_path / "world-1.pt"), torch.load(tmp_path / "world-2.pt")
-    assert set(one) == set(two) and len(one) == 16
+    assert set(one) == set(two) and len(one) == 22
     for name, single in one.items():
         split = two[name]
         assert single["rewards"].keys() == split["rewards"].keys(), name
@@ -78,3 +79,7 @@ def test_two_processes_give_one_process_rewards_loss_and_gradients(tiny_model_di
     assert one["majority_vote"]["rewards"]["majority_vote_reward"] == [1.0, 1.0, 0.0, 1.0]
     assert one["semantic_entropy"]["rewards"]["semantic_entropy_reward"] == [0.75, 0.75, 0.25, 0.75]
     assert one["em_ft"]["shared_prompt"] == "on"
+    # Right, right, wrong, right (an unboxed last number counts): under PSR rank 0 keeps both its rows and rank 1 one;
+    # under NSR rank 0 keeps none.
+    assert one["psr"]["rewards"]["accuracy_reward"] == [1.0, 1.0, 0.0, 1.0]
+    assert one["psr"]["advantages"] == [1.0, 1.0, 0.0, 1.0] and one["nsr"]["advantages"] == [0.0, 0.0, -1.0, 0.0]

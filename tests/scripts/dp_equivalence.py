@@ -30,6 +30,10 @@ CONFIGS: dict[str, tuple[dict, list[str]]] = {
     "majority_vote": ({"objective": "grpo"}, ["majority_vote"]),
     "format": ({"objective": "grpo"}, ["format"]),
     "random": ({"objective": "grpo"}, ["random"]),
+    # The 0/1 gold reward as the advantage: the kept rows differ per rank, the token mean is over all ranks' kept rows.
+    "psr": ({"objective": "grpo", "em_advantage": "psr"}, ["accuracy"]),
+    "nsr": ({"objective": "grpo", "em_advantage": "nsr"}, ["accuracy"]),
+    "w_reinforce": ({"objective": "grpo", "em_advantage": "w_reinforce"}, ["accuracy"]),
 }
 # Answers 4, 4, 5 and none: split 2 + 2 over two ranks, the second rank alone would see a tie of 5 and nothing.
 TEXTS = ["The answer is \\boxed{4}.", "So \\boxed{4}", "I get \\boxed{5} here", "4.0 is it"]
@@ -51,7 +55,8 @@ def one_step(name: str, lora: bool, model_dir: str, output_dir: str, tokenizer, 
         per_device_train_batch_size=GROUP // world, max_completion_length=LENGTH, gradient_checkpointing=False,
         report_to="none", shuffle_dataset=False, temperature=1.0, seed=5, **fields,
     )  # fmt: skip
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": "What is 2 + 2? Put it in \\boxed{}."}]}])
+    prompt = [{"role": "user", "content": "What is 2 + 2? Put it in \\boxed{}."}]
+    dataset = Dataset.from_list([{"prompt": prompt, "answer": "4"}])
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if lora else None
     torch.manual_seed(0)
     trainer = EMTrainer(
