@@ -57,8 +57,8 @@ def test_two_processes_give_one_process_rewards_loss_and_gradients(tiny_model_di
     (tests/scripts/dp_equivalence.py): the rewards and advantages of the whole batch, the loss averaged over ranks and
     DDP's averaged gradient equal one process's on the same batch. Before the group rewards gathered the batch, the
     gaps were 0.14-0.24 (loss) and 0.66-1.6 (relative gradient) for the majority-vote, semantic-entropy and random
-    rewards; now all are float noise (below 2e-7). PSR, NSR and W-REINFORCE keep the rows of their sign on each rank and
-    average over all ranks' kept tokens. Cost: two torchrun start-ups (about 40 s) for 22 comparisons."""
+    rewards; now all are float noise (below 2e-7). PSR, NSR and W-REINFORCE keep the rows of their sign on each rank
+    and average over all ranks' kept tokens. Cost: two torchrun start-ups (about 40 s) for 22 comparisons."""
     script = str(REPO / "tests" / "scripts" / "dp_equivalence.py")
     for processes in (1, 2):
         result = torchrun(script, tiny_model_dir, str(tmp_path), processes=processes)

@@ -5,26 +5,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
-from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, add, parse_verb_args, verb_parser
+from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, option, parse_verb_args, verb_parser
 
 HELP = "`analyze logits`: raw-logit mean/std/skewness, entropy and top-1 probability per model, with histograms"
 
 
+@dataclass
+class AnalyzeArguments:
+    """The options of ``em-trainer analyze`` (flags, or keys of its ``--config`` YAML).
+
+    Args:
+        what (`str`): the analysis, ``logits``.
+        model (`list[str]`, required): ``NAME=PATH`` (or ``PATH``), repeated to compare.
+        prompts (`str` or `None`, defaults to `None`): a ``.txt`` (one per line) or a dataset file; None is the
+            one-shot prompt.
+        limit (`int` or `None`, defaults to `None`): the first N prompts.
+        samples (`int`, defaults to `2`): sampled responses per prompt.
+        temperature (`float`, defaults to `0.5`): the sampling temperature (0 is greedy).
+        max_new_tokens (`int`, defaults to `256`): the response budget.
+        histogram_sample (`int`, defaults to `200000`): logit values kept for the histogram.
+        output_dir (`str`, defaults to `"outputs/analysis"`): statistics and plots.
+        seed (`int`, defaults to `0`): the sampling seed.
+    """
+
+    what: str | None = option(None, "what to analyse", choices=["logits"], positional=True)
+    model: list[str] | None = option(None, "NAME=PATH (or PATH); repeat to compare", repeatable=True, required=True)
+    prompts: str | None = option(None, ".txt (one per line) or .jsonl/.parquet/.csv; default: the one-shot prompt")
+    limit: int | None = option(None, "first N prompts", domain=POSITIVE_INT)
+    samples: int = option(2, "sampled responses per prompt", domain=POSITIVE_INT)
+    temperature: float = option(0.5, "sampling temperature (0 = greedy)", domain=NON_NEGATIVE_FLOAT)
+    max_new_tokens: int = option(256, domain=POSITIVE_INT)
+    histogram_sample: int = option(200_000, "logit values kept for the histogram", domain=POSITIVE_INT)
+    output_dir: str = option("outputs/analysis")
+    seed: int = option(0, domain=NON_NEGATIVE_INT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = verb_parser("analyze", HELP + ".")
-    parser.add_argument("what", choices=["logits"], help="what to analyse")
-    add(parser, "model", action="append", required=True, help="NAME=PATH (or PATH); repeat to compare")
-    add(parser, "prompts", help=".txt (one per line) or .jsonl/.parquet/.csv; default: the one-shot prompt")
-    add(parser, "limit", type=POSITIVE_INT, help="first N prompts")
-    add(parser, "samples", type=POSITIVE_INT, default=2, help="sampled responses per prompt")
-    add(parser, "temperature", type=NON_NEGATIVE_FLOAT, default=0.5, help="sampling temperature (0 = greedy)")
-    add(parser, "max_new_tokens", type=POSITIVE_INT, default=256)
-    add(parser, "histogram_sample", type=POSITIVE_INT, default=200_000, help="logit values kept for the histogram")
-    add(parser, "output_dir", default="outputs/analysis")
-    add(parser, "seed", type=NON_NEGATIVE_INT, default=0)
-    return parser
+    return verb_parser("analyze", HELP + ".", AnalyzeArguments)
 
 
 def _read_prompts(path: str | None, limit: int | None) -> list[Any]:

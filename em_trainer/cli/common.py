@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import sys
+import typing
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from trl import TrlParser
@@ -36,21 +39,77 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
     def _format_action(self, action: argparse.Action) -> str:
-        if not action.help and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+        unset = any(action.default is value for value in (None, False, argparse.SUPPRESS))  # 0 is a default to show
+        if not action.help and action.option_strings and not unset:
             action = copy.copy(action)
             action.help = "default: %(default)s"
         return super()._format_action(action)
 
 
-class VerbParser(TrlParser):
-    """TrlParser with the verb's flags declared one by one: a YAML ``--config`` whose keys are the flags' defaults,
-    then flags on top (TRL's dialect, as ``train`` and ``study`` parse it), and a one-line refusal:
-    ``em-trainer eval: error: argument --limit: -1: must be >= 1``."""
+def option(
+    default: Any = None,
+    help: str = "",  # noqa: A002  (argparse's and dataclasses' name for it)
+    *,
+    domain: Any = None,
+    choices: list[Any] | None = None,
+    repeatable: bool = False,
+    aliases: tuple[str, ...] = (),
+    positional: bool = False,
+    required: bool = False,
+    group: str | None = None,
+) -> Any:
+    """A verb option as a dataclass field: its default and help, and how its flag reads a value. ``domain``: the
+    argparse ``type`` that checks it (a :class:`Bounded`, or a parser of comma lists); ``repeatable``: the flag may be
+    given several times (``--model a --model b``), each adding one value; ``aliases``: other spellings;
+    ``positional``: an argument without ``--``; ``group``: the section of ``--help`` it is listed under."""
+    metadata = {"help": help, "domain": domain, "choices": choices, "repeatable": repeatable, "aliases": aliases,
+                "positional": positional, "required": required, "group": group}  # fmt: skip
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+
+class VerbParser(TrlParser):
+    """TrlParser over a verb's option dataclasses (``EvalArguments``, ...): a YAML ``--config`` whose keys are the
+    fields' defaults, then flags on top (TRL's dialect, as ``train`` and ``study`` parse it), parsed into the
+    dataclasses, and a one-line refusal: ``em-trainer eval: error: argument --limit: -1: must be >= 1``.
+
+    Fields declared with :func:`option` keep the flags' own reading: a repeatable flag, a domain checked at parsing
+    time, choices, aliases; a ``bool`` field is a switch (``--dry_run``); a ``list`` field without ``repeatable``
+    takes several values after one flag, as TrlParser reads it, unless its ``domain`` reads the list from one value
+    (``--temperatures 0,0.5``)."""
+
+    def __init__(self, dataclass_types: Any = None, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         kwargs.setdefault("epilog", CONFIG_EPILOG)
-        super().__init__(None, *args, **kwargs)
+        self._groups: dict[str, argparse._ArgumentGroup] = {}
+        super().__init__(dataclass_types, *args, **kwargs)
+
+    def _add_dataclass_arguments(self, dtype: Any) -> None:
+        hints = typing.get_type_hints(dtype)
+        for item in dataclasses.fields(dtype):
+            meta = item.metadata
+            title = meta.get("group")
+            target: Any = self if title is None else self._groups.setdefault(title, self.add_argument_group(title))
+            default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+            kind = _base_type(hints[item.name])
+            kwargs: dict[str, Any] = {"help": meta.get("help") or None}
+            if meta.get("choices") is not None:
+                kwargs["choices"] = meta["choices"]
+            if meta.get("positional"):
+                target.add_argument(item.name, **kwargs)
+                continue
+            if kind is bool:
+                kwargs["action"] = "store_true"
+            elif meta.get("repeatable"):
+                kwargs.update(action="append", default=default, type=meta.get("domain"))
+            elif kind is list and meta.get("domain") is None:
+                kwargs.update(nargs="+", default=default)
+            else:
+                kwargs.update(default=default, type=meta.get("domain") or kind)
+            if meta.get("required"):
+                kwargs["required"] = True
+            target.add_argument(*flag(item.name), *meta.get("aliases", ()), **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
@@ -117,14 +176,25 @@ def group_help(parser: argparse.ArgumentParser, sections: list[tuple[str, set[st
                 group._group_actions.append(action)
 
 
-def verb_parser(verb: str, description: str) -> VerbParser:
-    return VerbParser(prog=f"em-trainer {verb}", description=description)
+def _base_type(hint: Any) -> Any:
+    """``int`` of ``int | None``, ``list`` of ``list[str]``, ``bool``, ``str``, ``float``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return list
+    if args and origin is not None and origin is not list:
+        return _base_type(args[0])
+    return hint
 
 
-def parse_verb_args(parser: VerbParser, argv: list[str]) -> argparse.Namespace:
-    """A verb's options: its ``--config`` YAML, then the flags."""
-    (namespace,) = parser.parse_args_and_config(argv)
-    return namespace
+def verb_parser(verb: str, description: str, *dataclass_types: Any) -> VerbParser:
+    return VerbParser(list(dataclass_types), prog=f"em-trainer {verb}", description=description)
+
+
+def parse_verb_args(parser: VerbParser, argv: list[str]) -> Any:
+    """A verb's options, as its dataclass: its ``--config`` YAML, then the flags."""
+    (options,) = parser.parse_args_and_config(argv)
+    return options
 
 
 class Bounded:
@@ -179,17 +249,25 @@ def add(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None
     parser.add_argument(*flag(name), **kwargs)
 
 
-def add_sampling_arguments(
-    parser: argparse.ArgumentParser, temperature_help: str, max_new_tokens: int | None, max_new_tokens_help: str = ""
-) -> None:
-    """The six flags that build a SamplingSettings: temperature, top_p, top_k, n, max_new_tokens, seed."""
-    add(parser, "temperature", type=NON_NEGATIVE_FLOAT, help=temperature_help)
-    add(parser, "top_p", type=PROBABILITY, default=1.0, help="nucleus sampling mass")
-    add(parser, "top_k", type=NON_NEGATIVE_INT, default=0, help="0 = no top-k cut")
-    add(parser, "n", type=POSITIVE_INT, default=1, help="samples per prompt")
-    budget_help = max_new_tokens_help or "response budget"
-    add(parser, "max_new_tokens", type=POSITIVE_INT, default=max_new_tokens, help=budget_help)
-    add(parser, "seed", type=NON_NEGATIVE_INT, default=0)
+@dataclass
+class SamplingArguments:
+    """How ``eval`` and ``generate`` sample: the six fields of a SamplingSettings.
+
+    Args:
+        temperature (`float` or `None`, defaults to `None`): 0 is greedy; None takes the verb's default.
+        top_p (`float`, defaults to `1.0`): nucleus sampling mass, in (0, 1].
+        top_k (`int`, defaults to `0`): 0 is no top-k cut.
+        n (`int`, defaults to `1`): samples per prompt.
+        max_new_tokens (`int` or `None`, defaults to `None`): the response budget in tokens.
+        seed (`int`, defaults to `0`): the sampling seed.
+    """
+
+    temperature: float | None = option(None, "0 = greedy", domain=NON_NEGATIVE_FLOAT)
+    top_p: float = option(1.0, "nucleus sampling mass", domain=PROBABILITY)
+    top_k: int = option(0, "0 = no top-k cut", domain=NON_NEGATIVE_INT)
+    n: int = option(1, "samples per prompt", domain=POSITIVE_INT)
+    max_new_tokens: int | None = option(None, "response budget", domain=POSITIVE_INT)
+    seed: int = option(0, domain=NON_NEGATIVE_INT)
 
 
 def sampling_settings(
@@ -206,34 +284,40 @@ def sampling_settings(
     )
 
 
-def add_backend_argument(parser: argparse.ArgumentParser) -> None:
-    add(parser, "backend", choices=["auto", "hf", "vllm"], default="auto", help="auto: vLLM on a GPU when installed")
-    add(
-        parser,
-        "revision",
-        help="Hub revision of the model (a branch, tag or commit; default: main), recorded with the commit it points "
-        "to in every result; refused for a local model",
+@dataclass
+class BackendArguments:
+    """Which engine decodes, and how (``eval``, ``select``, ``generate``).
+
+    Args:
+        backend (`str`, defaults to `"auto"`): ``hf``, ``vllm``, or ``auto`` (vLLM on a GPU when installed).
+        revision (`str` or `None`, defaults to `None`): a Hub model's branch, tag or commit, recorded with the commit
+            it points to; refused for a local model.
+        dtype (`str`, defaults to `"auto"`): the weights' dtype for either backend.
+        cpu_decoding (`str` or `None`, defaults to `None`): HF on a CPU, ``fast`` (the default) or ``plain``.
+        vllm_max_model_len (`int` or `None`, defaults to `None`): vLLM's context length; None is 4096.
+        vllm_enforce_eager (`bool`, defaults to `False`): run vLLM's model eagerly.
+    """
+
+    backend: str = option("auto", "auto: vLLM on a GPU when installed", choices=["auto", "hf", "vllm"])
+    revision: str | None = option(
+        None,
+        "Hub revision of the model (a branch, tag or commit; default: main), recorded with the commit it points to in "
+        "every result; refused for a local model",
     )
-    add(
-        parser,
-        "dtype",
-        default="auto",
-        help="weights' dtype for either backend: auto (the checkpoint's), float32, ...",
-    )
-    add(
-        parser,
-        "cpu_decoding",
-        choices=["fast", "plain"],
-        help="HF on a CPU: 'fast' (default) decodes into a KV cache reserved once and computes the linears from "
+    dtype: str = option("auto", "weights' dtype for either backend: auto (the checkpoint's), float32, ...")
+    cpu_decoding: str | None = option(
+        None,
+        "HF on a CPU: 'fast' (default) decodes into a KV cache reserved once and computes the linears from "
         "oneDNN-packed weights (about 2x faster; logits equal to float rounding); 'plain' is HF generate's own path",
+        choices=["fast", "plain"],
     )
-    add(parser, "vllm_max_model_len", type=POSITIVE_INT, help="vLLM context length (prompt + response); default 4096")
-    add(
-        parser,
-        "vllm_enforce_eager",
-        action="store_true",
-        help="vLLM: run the model eagerly, without torch.compile or CUDA graphs (vLLM's enforce_eager). Starts in "
-        "seconds instead of minutes on vLLM's CPU build; long GPU jobs generate faster without it",
+    vllm_max_model_len: int | None = option(
+        None, "vLLM context length (prompt + response); default 4096", domain=POSITIVE_INT
+    )
+    vllm_enforce_eager: bool = option(
+        False,
+        "vLLM: run the model eagerly, without torch.compile or CUDA graphs (vLLM's enforce_eager). Starts in seconds "
+        "instead of minutes on vLLM's CPU build; long GPU jobs generate faster without it",
     )
 
 
@@ -262,14 +346,30 @@ def generator_kwargs(args: argparse.Namespace, batch_size: int | None = None) ->
     return kwargs
 
 
-def add_em_inf_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("EM-INF (entropy minimization at decoding time)")
-    add(group, "em_inf", action="store_true", help="minimise each step's entropy before sampling")
-    group.add_argument(*flag("em_inf_preset"), "--preset", choices=list(PRESETS), help="default: 'default'")
-    add(group, "em_inf_threshold", type=NON_NEGATIVE_FLOAT, help="override the preset's entropy threshold")
-    add(group, "em_inf_kl_weight", type=NON_NEGATIVE_FLOAT)
-    add(group, "em_inf_lr", type=POSITIVE_FLOAT)
-    add(group, "em_inf_steps", type=POSITIVE_INT)
+EM_INF_GROUP = "EM-INF (entropy minimization at decoding time)"
+
+
+@dataclass
+class EMInfArguments:
+    """EM-INF at decoding time (``eval``, ``generate``): a preset, and overrides of its settings.
+
+    Args:
+        em_inf (`bool`, defaults to `False`): minimise each step's entropy before sampling.
+        em_inf_preset (`str` or `None`, defaults to `None`): the preset; None is ``default``. Also ``--preset``.
+        em_inf_threshold (`float` or `None`), em_inf_kl_weight (`float` or `None`), em_inf_lr (`float` or `None`),
+            em_inf_steps (`int` or `None`), all defaulting to `None`: overrides of the preset's settings.
+    """
+
+    em_inf: bool = option(False, "minimise each step's entropy before sampling", group=EM_INF_GROUP)
+    em_inf_preset: str | None = option(
+        None, "default: 'default'", choices=list(PRESETS), aliases=("--preset",), group=EM_INF_GROUP
+    )
+    em_inf_threshold: float | None = option(
+        None, "override the preset's entropy threshold", domain=NON_NEGATIVE_FLOAT, group=EM_INF_GROUP
+    )
+    em_inf_kl_weight: float | None = option(None, domain=NON_NEGATIVE_FLOAT, group=EM_INF_GROUP)
+    em_inf_lr: float | None = option(None, domain=POSITIVE_FLOAT, group=EM_INF_GROUP)
+    em_inf_steps: int | None = option(None, domain=POSITIVE_INT, group=EM_INF_GROUP)
 
 
 def em_inf_settings(args: argparse.Namespace) -> EMInfSettings | None:

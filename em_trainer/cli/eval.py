@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 
 from ..data.models import describe_model
 from ..data.prompts import MATH_SYSTEM_PROMPT
 from ..evaluation.benchmarks import BENCHMARKS, DEFAULT_BENCHMARKS
 from . import common
-from .common import add, parse_verb_args, verb_parser
+from .common import option, parse_verb_args, verb_parser
 
 DEFAULT_MAX_NEW_TOKENS = {"math": 3072, "physics": 3072, "code": 512}
 HELP = "score models on math (MATH500, Minerva, OlympiadBench, AMC23, AIME24, GSM8K, arithmetic) and code benchmarks"
@@ -19,27 +20,58 @@ def _floats(text: str) -> list[float]:
     return [common.NON_NEGATIVE_FLOAT(x.strip()) for x in text.split(",") if x.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = verb_parser("eval", HELP + "; resumable, with a comparison table.")
-    add(parser, "model", action="append", help="Hub id, local dir, .gguf or alias; repeat to compare")
-    add(parser, "benchmarks", default=",".join(DEFAULT_BENCHMARKS), help=f"any of {', '.join(BENCHMARKS)}")
-    add(parser, "data_dir", help="local benchmark files: <dir>/<benchmark>/test.jsonl (default: the Hub)")
-    add(parser, "output_dir", default="outputs/eval")
-    common.add_sampling_arguments(
-        parser,
-        "0 = greedy (the paper's setting; the default, or the EM-INF preset's)",
-        None,
-        "response budget in tokens; default 3072 for math, 512 for code benchmarks",
+@dataclass
+class _EvalOptions:
+    model: list[str] | None = option(
+        None, "Hub id, local dir, .gguf or alias; repeat to compare (default: smollm2-135m-instruct)", repeatable=True
     )
-    add(parser, "temperatures", type=_floats, help="comma list: a sweep, plotted to temperature_sweep.png")
-    add(parser, "limit", type=common.POSITIVE_INT, help="first N problems of each benchmark")
-    add(parser, "batch_size", type=common.POSITIVE_INT, default=8, help="prompts per generate call (HF backend)")
-    common.add_backend_argument(parser)
-    add(parser, "system_prompt", default=MATH_SYSTEM_PROMPT, help="'' for none")
-    majority_help = "self-consistency: K samples per problem, score the majority answer (maj@K)"
-    add(parser, "majority", type=common.Bounded(int, 2), help=majority_help)
-    common.add_em_inf_arguments(parser)
-    return parser
+    benchmarks: str = option(",".join(DEFAULT_BENCHMARKS), f"any of {', '.join(BENCHMARKS)}")
+    data_dir: str | None = option(None, "local benchmark files: <dir>/<benchmark>/test.jsonl (default: the Hub)")
+    output_dir: str = option("outputs/eval")
+    temperatures: list[float] | None = option(
+        None, "comma list: a sweep, plotted to temperature_sweep.png", domain=_floats
+    )
+    limit: int | None = option(None, "first N problems of each benchmark", domain=common.POSITIVE_INT)
+    batch_size: int = option(8, "prompts per generate call (HF backend)", domain=common.POSITIVE_INT)
+    system_prompt: str = option(MATH_SYSTEM_PROMPT, "'' for none")
+    majority: int | None = option(
+        None,
+        "self-consistency: K samples per problem, score the majority answer (maj@K)",
+        domain=common.Bounded(int, 2),
+    )
+
+
+@dataclass
+class EvalArguments(common.EMInfArguments, common.BackendArguments, common.SamplingArguments, _EvalOptions):
+    """The options of ``em-trainer eval`` (flags, or keys of its ``--config`` YAML).
+
+    Args:
+        model (`list[str]` or `None`, defaults to `None`): models to score, each a Hub id, folder, ``.gguf`` or
+            alias; None is the embedded SmolLM2-135M-Instruct.
+        benchmarks (`str`): a comma list of benchmark names; defaults to the paper's six.
+        data_dir (`str` or `None`, defaults to `None`): local benchmark files instead of the Hub.
+        output_dir (`str`, defaults to `"outputs/eval"`): records, summaries and plots.
+        temperatures (`list[float]` or `None`, defaults to `None`): a temperature sweep (a comma list).
+        limit (`int` or `None`, defaults to `None`): the first N problems of each benchmark.
+        batch_size (`int`, defaults to `8`): prompts per generate call.
+        system_prompt (`str`): the math system prompt; '' for none.
+        majority (`int` or `None`, defaults to `None`): maj@K, K samples per problem.
+
+    The sampling (:class:`~em_trainer.cli.common.SamplingArguments`), backend and EM-INF fields are the other
+    verbs'; ``temperature`` defaults to greedy (or the EM-INF preset's), ``max_new_tokens`` to 3072 for math and 512
+    for code.
+    """
+
+    temperature: float | None = option(
+        None, "0 = greedy (the paper's setting; the default, or the EM-INF preset's)", domain=common.NON_NEGATIVE_FLOAT
+    )
+    max_new_tokens: int | None = option(
+        None, "response budget in tokens; default 3072 for math, 512 for code benchmarks", domain=common.POSITIVE_INT
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return verb_parser("eval", HELP + "; resumable, with a comparison table.", EvalArguments)
 
 
 def main(argv: list[str]) -> int:

@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from ..data.models import DEFAULT_MODEL
 from . import common
-from .common import add, parse_verb_args, verb_parser
+from .common import option, parse_verb_args, verb_parser
 
 HELP = "sample completions for a prompt, optionally with EM-INF (entropy minimization at decoding time)"
 
 
+@dataclass
+class _GenerateOptions:
+    model: str = option(DEFAULT_MODEL)
+    prompt: list[str] | None = option(None, "repeat for a batch", repeatable=True, required=True)
+    system_prompt: str | None = option(None)
+    raw: bool = option(False, "do not apply the chat template")
+
+
+@dataclass
+class GenerateArguments(common.EMInfArguments, common.BackendArguments, common.SamplingArguments, _GenerateOptions):
+    """The options of ``em-trainer generate`` (flags, or keys of its ``--config`` YAML).
+
+    Args:
+        model (`str`, defaults to the embedded SmolLM2-135M-Instruct): the model.
+        prompt (`list[str]`, required): the prompts (repeat ``--prompt`` for a batch).
+        system_prompt (`str` or `None`, defaults to `None`): a system message before each prompt.
+        raw (`bool`, defaults to `False`): the prompt as it is, without the chat template.
+
+    The sampling, backend and EM-INF fields are the other verbs'; ``temperature`` defaults to the EM-INF preset's,
+    else greedy, and ``max_new_tokens`` to 256.
+    """
+
+    temperature: float | None = option(
+        None, "0 = greedy; default: the EM-INF preset's, else 0", domain=common.NON_NEGATIVE_FLOAT
+    )
+    max_new_tokens: int | None = option(256, "response budget", domain=common.POSITIVE_INT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = verb_parser("generate", HELP + ".")
-    add(parser, "model", default=DEFAULT_MODEL)
-    add(parser, "prompt", action="append", required=True, help="repeat for a batch")
-    add(parser, "system_prompt", default=None)
-    add(parser, "raw", action="store_true", help="do not apply the chat template")
-    common.add_sampling_arguments(parser, "0 = greedy; default: the EM-INF preset's, else 0", 256)
-    common.add_backend_argument(parser)
-    common.add_em_inf_arguments(parser)
-    return parser
+    return verb_parser("generate", HELP + ".", GenerateArguments)
 
 
 def main(argv: list[str]) -> int:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from ..data.models import DEFAULT_MODEL
 from .common import (
     NON_NEGATIVE_INT,
     POSITIVE_FLOAT,
     POSITIVE_INT,
+    BackendArguments,
     Bounded,
-    add,
-    add_backend_argument,
     check_models,
     generator_kwargs,
+    option,
     parse_verb_args,
     verb_parser,
 )
@@ -21,28 +22,55 @@ from .common import (
 HELP = "rank a prompt pool by pass@k variance and write the one-shot training set"
 
 
+@dataclass
+class _SelectOptions:
+    model: str = option(DEFAULT_MODEL)
+    pool: str | None = option(None, "Hub id or local .jsonl/.parquet/.csv with problems (+answers)", required=True)
+    split: str = option("train")
+    k: int = option(8, "samples per prompt", domain=Bounded(int, 2))
+    top: int = option(1, "prompts to write", domain=POSITIVE_INT)
+    output: str = option("outputs/selected.jsonl")
+    labels: str = option("gold", "'none': agreement with majority", choices=["gold", "none"])
+    temperature: float = option(0.5, "the training temperature", domain=POSITIVE_FLOAT)
+    max_new_tokens: int = option(2048, domain=POSITIVE_INT)
+    problem_column: str | None = option(None, "default: problem, question or prompt")
+    answer_column: str | None = option(None, "default: answer, final_answer, or the boxed answer of solution")
+    limit: int | None = option(None, "first N rows of the pool", domain=POSITIVE_INT)
+    batch_size: int = option(8, "prompts per generate call", domain=POSITIVE_INT)
+
+
+@dataclass
+class SelectArguments(BackendArguments, _SelectOptions):
+    """The options of ``em-trainer select`` (flags, or keys of its ``--config`` YAML).
+
+    Args:
+        model (`str`, defaults to the embedded SmolLM2-135M-Instruct): the model that samples.
+        pool (`str`, required): the prompt pool, a Hub id or a local file with problems and answers.
+        split (`str`, defaults to `"train"`): the pool's split.
+        k (`int`, defaults to `8`): samples per prompt (at least 2: a variance needs two).
+        top (`int`, defaults to `1`): prompts written.
+        output (`str`, defaults to `"outputs/selected.jsonl"`): the training set `train --dataset` reads.
+        labels (`str`, defaults to `"gold"`): ``gold`` grades against the answers; ``none`` against the majority.
+        temperature (`float`, defaults to `0.5`): the sampling temperature, the training one.
+        max_new_tokens (`int`, defaults to `2048`): the response budget.
+        problem_column (`str` or `None`), answer_column (`str` or `None`): the pool's columns, when not the usual.
+        limit (`int` or `None`, defaults to `None`): the first N rows of the pool.
+        batch_size (`int`, defaults to `8`): prompts per generate call.
+        seed (`int`, defaults to `0`): the sampling seed.
+
+    The backend fields are :class:`~em_trainer.cli.common.BackendArguments`.
+    """
+
+    seed: int = option(0, domain=NON_NEGATIVE_INT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = verb_parser(
+    return verb_parser(
         "select",
         "Rank a prompt pool by the variance of pass@k success (one-shot EM paper, section 2.2) and write "
         "the top prompts in the format `em-trainer train --dataset` reads.",
+        SelectArguments,
     )
-    add(parser, "model", default=DEFAULT_MODEL)
-    add(parser, "pool", required=True, help="Hub id or local .jsonl/.parquet/.csv with problems (+answers)")
-    add(parser, "split", default="train")
-    add(parser, "k", type=Bounded(int, 2), default=8, help="samples per prompt")
-    add(parser, "top", type=POSITIVE_INT, default=1, help="prompts to write")
-    add(parser, "output", default="outputs/selected.jsonl")
-    add(parser, "labels", choices=["gold", "none"], default="gold", help="'none': agreement with majority")
-    add(parser, "temperature", type=POSITIVE_FLOAT, default=0.5, help="the training temperature")
-    add(parser, "max_new_tokens", type=POSITIVE_INT, default=2048)
-    add(parser, "problem_column", help="default: problem, question or prompt")
-    add(parser, "answer_column", help="default: answer, final_answer, or the boxed answer of solution")
-    add(parser, "limit", type=POSITIVE_INT, help="first N rows of the pool")
-    add(parser, "batch_size", type=POSITIVE_INT, default=8, help="prompts per generate call")
-    add_backend_argument(parser)
-    add(parser, "seed", type=NON_NEGATIVE_INT, default=0)
-    return parser
 
 
 def main(argv: list[str]) -> int:

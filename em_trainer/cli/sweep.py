@@ -5,12 +5,53 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.paths import config_file_from_argv, resolve_config_path
-from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, add, verb_parser
+from .common import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, add, option, verb_parser
 
 HELP = "train over seeds and a grid, evaluate each run, aggregate mean/std/min/max, plot"
+
+
+@dataclass
+class SweepArguments:
+    """The options of ``em-trainer sweep`` (flags, or keys of its ``--config`` YAML); the executor's are
+    :class:`~em_trainer.workflows.executors.ExecutorArguments`, and any other option goes to every training run.
+
+    Args:
+        train_config (`str`, required): the ``em-trainer train`` YAML every run starts from.
+        seeds (`int`, defaults to `16`), first_seed (`int`, defaults to `0`): the seeds of each grid point.
+        grid (`list[str]`, defaults to `[]`): ``field=v1,v2,...``, repeated for a product.
+        eval (`str`, defaults to `""`): benchmarks to score each run on (a comma list); empty evaluates nothing.
+        eval_checkpoints (`bool`), save_steps (`int`, defaults to `1`), data_dir (`str` or `None`), limit (`int` or
+            `None`), max_new_tokens (`int`, defaults to `3072`), eval_temperature (`float`, defaults to `0.0`),
+            batch_size (`int`, defaults to `8`): how each run is evaluated; refused without ``eval``.
+        output_dir (`str`, defaults to `"outputs/sweep"`): runs, evaluations and the summary.
+        launcher (`str` or `None`, defaults to `None`): the prefix that runs ``-m em_trainer.cli train``.
+        plan (`str` or `None`), job (`int` or `None`): internal, what the executors run.
+    """
+
+    train_config: str | None = option(None, "the em-trainer train YAML every run starts from (required)")
+    seeds: int = option(16, domain=POSITIVE_INT)
+    first_seed: int = option(0, domain=NON_NEGATIVE_INT)
+    grid: list[str] = option([], "field=v1,v2,... (repeat for a product)", repeatable=True)
+    eval: str = option("", "benchmarks to score each run on, e.g. math500,amc23")
+    eval_checkpoints: bool = option(False, "also score every step checkpoint (Fig. 2)")
+    save_steps: int = option(1, "checkpoint spacing with --eval_checkpoints", domain=POSITIVE_INT)
+    data_dir: str | None = option(None)
+    limit: int | None = option(None, domain=POSITIVE_INT)
+    max_new_tokens: int = option(3072, domain=POSITIVE_INT)
+    eval_temperature: float = option(0.0, domain=NON_NEGATIVE_FLOAT)
+    batch_size: int = option(8, domain=POSITIVE_INT)
+    output_dir: str = option("outputs/sweep")
+    launcher: str | None = option(
+        None, "prefix that runs `-m em_trainer.cli train`, e.g. 'accelerate launch --num_processes 8'"
+    )
+    plan: str | None = option(None, "internal: a planned sweep's plan.json, which --job reads")
+    job: int | None = option(
+        None, "internal: run this run of the plan (what the executors run)", domain=NON_NEGATIVE_INT
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,28 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Train once per seed and grid point (each run its own process), evaluate, aggregate over seeds. "
         "Options not listed here are passed to every `em-trainer train` run. `--config` is a YAML of these "
         "options (TrlParser's dialect).",
-    )
-    add(parser, "train_config", help="the em-trainer train YAML every run starts from (required)")
-    add(parser, "seeds", type=POSITIVE_INT, default=16)
-    add(parser, "first_seed", type=NON_NEGATIVE_INT, default=0)
-    add(parser, "grid", action="append", default=[], help="field=v1,v2,... (repeat for a product)")
-    add(parser, "eval", default="", help="benchmarks to score each run on, e.g. math500,amc23")
-    add(parser, "eval_checkpoints", action="store_true", help="also score every step checkpoint (Fig. 2)")
-    add(parser, "save_steps", type=POSITIVE_INT, default=1, help="checkpoint spacing with --eval_checkpoints")
-    add(parser, "data_dir")
-    add(parser, "limit", type=POSITIVE_INT)
-    add(parser, "max_new_tokens", type=POSITIVE_INT, default=3072)
-    add(parser, "eval_temperature", type=NON_NEGATIVE_FLOAT, default=0.0)
-    add(parser, "batch_size", type=POSITIVE_INT, default=8)
-    add(parser, "output_dir", default="outputs/sweep")
-    add(
-        parser,
-        "launcher",
-        help="prefix that runs `-m em_trainer.cli train`, e.g. 'accelerate launch --num_processes 8'",
+        SweepArguments,
     )
     add_executor_arguments(parser)
-    add(parser, "plan", help="internal: a planned sweep's plan.json, which --job reads")
-    add(parser, "job", type=NON_NEGATIVE_INT, help="internal: run this run of the plan (what the executors run)")
     return parser
 
 
@@ -91,7 +113,7 @@ def main(argv: list[str]) -> int:
               "YAML>` (run as such); --config is a YAML of the sweep's own options.", file=sys.stderr)  # fmt: skip
         argv = _renamed(argv, "--config", "--train_config")
         config = None
-    args, extra = parser.parse_args_and_config(argv, return_remaining_strings=True)
+    args, executor_flags, extra = parser.parse_args_and_config(argv, return_remaining_strings=True)
     if config is not None and args.train_config is not None:
         args.train_config = resolve_config_path(args.train_config, config, "train_config")
     if args.job is not None:
@@ -105,7 +127,7 @@ def main(argv: list[str]) -> int:
     if args.train_config is None:
         raise SweepError("--train_config is required: the `em-trainer train` YAML every run starts from.")
     _refuse_evaluation_flags_without_eval(build_parser(), args)  # fresh: the YAML set this parser's defaults
-    executor = executor_arguments(args)
+    executor = executor_arguments(executor_flags)
     planned = (
         args.train_config,
         args.output_dir,
