@@ -356,8 +356,10 @@ class EMInfArguments:
     Args:
         em_inf (`bool`, defaults to `False`): minimise each step's entropy before sampling.
         em_inf_preset (`str` or `None`, defaults to `None`): the preset; None is ``default``. Also ``--preset``.
-        em_inf_threshold (`float` or `None`), em_inf_kl_weight (`float` or `None`), em_inf_lr (`float` or `None`),
-            em_inf_steps (`int` or `None`), all defaulting to `None`: overrides of the preset's settings.
+        em_inf_threshold (`float` or `None`, defaults to `None`): overrides the preset's entropy threshold.
+        em_inf_kl_weight (`float` or `None`, defaults to `None`): overrides the preset's KL weight.
+        em_inf_lr (`float` or `None`, defaults to `None`): overrides the preset's learning rate on the logits.
+        em_inf_steps (`int` or `None`, defaults to `None`): overrides the preset's steps per token.
     """
 
     em_inf: bool = option(False, "minimise each step's entropy before sampling", group=EM_INF_GROUP)

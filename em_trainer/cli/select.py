@@ -53,7 +53,8 @@ class SelectArguments(BackendArguments, _SelectOptions):
         labels (`str`, defaults to `"gold"`): ``gold`` grades against the answers; ``none`` against the majority.
         temperature (`float`, defaults to `0.5`): the sampling temperature, the training one.
         max_new_tokens (`int`, defaults to `2048`): the response budget.
-        problem_column (`str` or `None`), answer_column (`str` or `None`): the pool's columns, when not the usual.
+        problem_column (`str` or `None`, defaults to `None`): the pool's problem column, when not the usual.
+        answer_column (`str` or `None`, defaults to `None`): the pool's answer column, when not the usual.
         limit (`int` or `None`, defaults to `None`): the first N rows of the pool.
         batch_size (`int`, defaults to `8`): prompts per generate call.
         seed (`int`, defaults to `0`): the sampling seed.

@@ -21,15 +21,22 @@ class SweepArguments:
 
     Args:
         train_config (`str`, required): the ``em-trainer train`` YAML every run starts from.
-        seeds (`int`, defaults to `16`), first_seed (`int`, defaults to `0`): the seeds of each grid point.
+        seeds (`int`, defaults to `16`): the seeds of each grid point.
+        first_seed (`int`, defaults to `0`): the first of them.
         grid (`list[str]`, defaults to `[]`): ``field=v1,v2,...``, repeated for a product.
         eval (`str`, defaults to `""`): benchmarks to score each run on (a comma list); empty evaluates nothing.
-        eval_checkpoints (`bool`), save_steps (`int`, defaults to `1`), data_dir (`str` or `None`), limit (`int` or
-            `None`), max_new_tokens (`int`, defaults to `3072`), eval_temperature (`float`, defaults to `0.0`),
-            batch_size (`int`, defaults to `8`): how each run is evaluated; refused without ``eval``.
+        eval_checkpoints (`bool`, defaults to `False`): also score every step's checkpoint; needs ``eval``, as do
+            the five below.
+        save_steps (`int`, defaults to `1`): the checkpoint spacing with ``eval_checkpoints``.
+        data_dir (`str` or `None`, defaults to `None`): local benchmark files.
+        limit (`int` or `None`, defaults to `None`): the first N problems of each benchmark.
+        max_new_tokens (`int`, defaults to `3072`): the response budget of the evaluation.
+        eval_temperature (`float`, defaults to `0.0`): the evaluation's sampling temperature (0 is greedy).
+        batch_size (`int`, defaults to `8`): prompts per generate call.
         output_dir (`str`, defaults to `"outputs/sweep"`): runs, evaluations and the summary.
         launcher (`str` or `None`, defaults to `None`): the prefix that runs ``-m em_trainer.cli train``.
-        plan (`str` or `None`), job (`int` or `None`): internal, what the executors run.
+        plan (`str` or `None`, defaults to `None`): internal, the planned sweep's ``plan.json``.
+        job (`int` or `None`, defaults to `None`): internal, the run of the plan an executor runs.
     """
 
     train_config: str | None = option(None, "the em-trainer train YAML every run starts from (required)")

@@ -120,8 +120,10 @@ class PhaseData:
 
     Args:
         dataset (`str` or `None`): Hub id or local file (EM: None is the paper's one-shot prompt; GRPO: required).
-        dataset_split (`str`, defaults to `"train"`), problem_column (`str` or `None`), answer_column (`str` or
-            `None`), max_prompts (`int` or `None`): which rows and columns.
+        dataset_split (`str`, defaults to `"train"`): the dataset's split.
+        problem_column (`str` or `None`): the problem column, when not the usual.
+        answer_column (`str` or `None`): the answer column, when not the usual.
+        max_prompts (`int` or `None`): the first N rows.
         reward (`str`, defaults to `"accuracy"`): GRPO's reward, ``accuracy`` (math-verify) or ``code`` (sandbox).
         data_dir (`str` or `None`): where a code benchmark's files are (GRPO with ``reward: code``).
     """

@@ -67,9 +67,10 @@ class ExecutorArguments:
             CPU cores per job (SLURM ``--cpus-per-task``); None leaves the cluster's default.
         mem_gb (`float` or `None`, defaults to `None`):
             Memory per job in GB (SLURM ``--mem``); None leaves the cluster's default.
-        slurm_partition (`str` or `None`, defaults to `None`), slurm_account (`str` or `None`, defaults to `None`),
-        slurm_qos (`str` or `None`, defaults to `None`), slurm_constraint (`str` or `None`, defaults to `None`):
-            Passed to SLURM as ``--partition``, ``--account``, ``--qos``, ``--constraint``.
+        slurm_partition (`str` or `None`, defaults to `None`): SLURM's ``--partition``.
+        slurm_account (`str` or `None`, defaults to `None`): SLURM's ``--account``.
+        slurm_qos (`str` or `None`, defaults to `None`): SLURM's ``--qos``.
+        slurm_constraint (`str` or `None`, defaults to `None`): SLURM's ``--constraint``.
         slurm_setup (`list[str]`, defaults to `[]`):
             Shell lines run in the job script before the job, e.g. ``source ~/venvs/em/bin/activate``.
         slurm_additional_parameters (`list[str]`, defaults to `[]`):
