@@ -65,6 +65,39 @@ def inject_generate(trainer, completions):
     trainer.model.generate = fake_generate
 
 
+def scripted_batch(trainer, tokenizer):
+    """The scripted completions as one generation batch of the trainer (two prompts, two completions each)."""
+    completions = scripted_completions(tokenizer)
+    inject_generate(trainer, completions)
+    rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
+    trainer.model.train()
+    return completions, trainer._generate_and_score_completions(rows)
+
+
+def accumulated_step(trainer, batch):
+    """The loss summed over two micro-batches of gradient accumulation, as Trainer.training_step runs them, and the
+    gradients it leaves."""
+    model = trainer.model
+    trainer.current_gradient_accumulation_steps = 2
+    model.zero_grad()
+    total = 0.0
+    for micro in split_tensor_dict(batch, 2):
+        loss = trainer.compute_loss(model, micro)
+        loss.backward()
+        total += loss.item()
+    return total, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_gradients_match(ours, model):
+    """``ours`` against the gradients a reference left in ``model``, norm-based per tensor (elementwise tolerances
+    trip on tiny entries whose last digits differ across CPUs)."""
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            continue
+        error = (ours[name] - param.grad).norm().item()
+        assert error <= 1e-4 * param.grad.norm().item() + 1e-9, f"{name}: |g - g_ref| = {error:.3g}"
+
+
 def reference_loss(model, prompt_rows, completions, temperature, eos):
     """Sum of entropies over all generated positions / their count, one unpadded row at a time."""
     total, count = 0.0, 0
@@ -92,12 +125,8 @@ def test_loss_and_gradient_match_full_logits(
         entropy_temperature=entropy_temperature,
         top_entropy_quantile=top_entropy_quantile,
     )
-    completions = scripted_completions(tokenizer)
-    inject_generate(trainer, completions)
-    rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
+    completions, batch = scripted_batch(trainer, tokenizer)
     model = trainer.model
-    model.train()
-    batch = trainer._generate_and_score_completions(rows)
 
     eos = tokenizer.eos_token_id
     # The mask TRL built keeps exactly the generated positions, EOS included.
@@ -107,15 +136,7 @@ def test_loss_and_gradient_match_full_logits(
     prompts = [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
     assert len(prompts[0]) < len(prompts[2]), "the prompts must differ in length to exercise left padding"
 
-    # Our loss over two micro-batches of gradient accumulation, as Trainer.training_step would run them.
-    trainer.current_gradient_accumulation_steps = 2
-    model.zero_grad()
-    ours = 0.0
-    for micro in split_tensor_dict(batch, 2):
-        loss = trainer.compute_loss(model, micro)
-        loss.backward()
-        ours += loss.item()
-    our_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    ours, our_grads = accumulated_step(trainer, batch)
     # The default shared-prompt forward is what is checked here (top_entropy_quantile < 1 takes the plain path).
     assert trainer.shared_prompt.state == ("on" if top_entropy_quantile == 1.0 else "unchecked")
 
@@ -143,12 +164,7 @@ def test_loss_and_gradient_match_full_logits(
     ref.backward()
 
     assert ours == pytest.approx(ref.item(), rel=1e-4, abs=1e-6)
-    for name, param in model.named_parameters():
-        if param.grad is None:
-            continue
-        # Norm-based per tensor: elementwise tolerances trip on tiny entries whose last digits differ across CPUs.
-        error = (our_grads[name] - param.grad).norm().item()
-        assert error <= 1e-4 * param.grad.norm().item() + 1e-9, f"{name}: |g - g_ref| = {error:.3g}"
+    assert_gradients_match(our_grads, model)
 
 
 def test_a_first_step_of_one_token_responses_is_refused_with_its_cause(tiny_model_dir, tokenizer, tmp_path):
@@ -186,12 +202,8 @@ def test_psr_nsr_and_w_reinforce_match_reinforce_on_the_kept_responses_from_full
     trainer = make_trainer(
         tiny_model_dir, tokenizer, tmp_path, reward_funcs=[accuracy], objective="grpo", em_advantage=mode, **extra
     )
-    completions = scripted_completions(tokenizer)
-    inject_generate(trainer, completions)
-    rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
+    completions, batch = scripted_batch(trainer, tokenizer)
     model = trainer.model
-    model.train()
-    batch = trainer._generate_and_score_completions(rows)
     eos = tokenizer.eos_token_id
     lengths = [len(expected_generated(c, eos)) for c in completions]
     advantage = {
@@ -205,14 +217,7 @@ def test_psr_nsr_and_w_reinforce_match_reinforce_on_the_kept_responses_from_full
     tokens = sum(n for n, k in zip(lengths, kept, strict=True) if k)
     assert int(batch["num_items_in_batch"]) == tokens
 
-    trainer.current_gradient_accumulation_steps = 2
-    model.zero_grad()
-    ours = 0.0
-    for micro in split_tensor_dict(batch, 2):
-        loss = trainer.compute_loss(model, micro)
-        loss.backward()
-        ours += loss.item()
-    our_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    ours, our_grads = accumulated_step(trainer, batch)
 
     prompts = [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
     model.zero_grad()
@@ -229,11 +234,7 @@ def test_psr_nsr_and_w_reinforce_match_reinforce_on_the_kept_responses_from_full
     # On-policy the ratio is 1: the loss value is -sum(A_i * |y_i|) / tokens, its gradient that of the reference.
     by_value = -sum(a * n for a, n, k in zip(advantage, lengths, kept, strict=True) if k) / tokens
     assert ours == pytest.approx(by_value, rel=1e-5, abs=1e-6)
-    for name, param in model.named_parameters():
-        if param.grad is None:
-            continue
-        error = (our_grads[name] - param.grad).norm().item()
-        assert error <= 1e-4 * param.grad.norm().item() + 1e-9, f"{name}: |g - g_ref| = {error:.3g}"
+    assert_gradients_match(our_grads, model)
 
 
 def test_signed_reinforce_refuses_a_reward_that_is_not_right_or_wrong(tiny_model_dir, tokenizer, tmp_path):
@@ -241,11 +242,8 @@ def test_signed_reinforce_refuses_a_reward_that_is_not_right_or_wrong(tiny_model
         tiny_model_dir, tokenizer, tmp_path, reward_funcs=[lambda completions, **kw: [0.5] * len(completions)],
         objective="grpo", em_advantage="psr",
     )  # fmt: skip
-    inject_generate(trainer, scripted_completions(tokenizer))
-    trainer.model.train()
-    rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
     with pytest.raises(EMConfigError, match=r"em_advantage='psr' needs a 0/1 verifiable reward.*0\.5"):
-        trainer._generate_and_score_completions(rows)
+        scripted_batch(trainer, tokenizer)
 
 
 def test_clip_cov_selection_is_the_covariance_band_drawn_at_the_ratio():
@@ -289,17 +287,9 @@ def test_clip_cov_detaches_exactly_the_band_tokens_of_the_grpo_loss_from_full_lo
         trainer = make_trainer(
             tiny_model_dir, tokenizer, tmp_path / str(cov), reward_funcs=[accuracy], objective="grpo", **extra
         )
-        completions = scripted_completions(tokenizer)
-        inject_generate(trainer, completions)
-        rows = [trainer.train_dataset[0]] * 2 + [trainer.train_dataset[1]] * 2
+        completions, batch = scripted_batch(trainer, tokenizer)
         model = trainer.model
-        model.train()
-        batch = trainer._generate_and_score_completions(rows)
-        trainer.current_gradient_accumulation_steps = 2
-        model.zero_grad()
-        for micro in split_tensor_dict(batch, 2):
-            trainer.compute_loss(model, micro).backward()
-        grads[cov] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        _, grads[cov] = accumulated_step(trainer, batch)
 
     eos = tokenizer.eos_token_id
     prompts = [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
@@ -324,11 +314,10 @@ def test_clip_cov_detaches_exactly_the_band_tokens_of_the_grpo_loss_from_full_lo
                 ref = ref - advantages[i] * per_row[i][t]
     (ref / int(batch["num_items_in_batch"])).backward()
     assert 0 < selected_count < int(batch["num_items_in_batch"])
-    differs = False
-    for name, param in model.named_parameters():
-        if param.grad is None:
-            continue
-        error = (grads["clip_cov"][name] - param.grad).norm().item()
-        assert error <= 1e-4 * param.grad.norm().item() + 1e-9, f"{name}: |g - g_ref| = {error:.3g}"
-        differs |= (grads[None][name] - param.grad).norm().item() > 1e-3 * param.grad.norm().item()
+    assert_gradients_match(grads["clip_cov"], model)
+    differs = any(
+        (grads[None][name] - param.grad).norm().item() > 1e-3 * param.grad.norm().item()
+        for name, param in model.named_parameters()
+        if param.grad is not None
+    )
     assert differs, "the band's tokens carried gradient: the reference cannot tell Clip-Cov from plain GRPO"
