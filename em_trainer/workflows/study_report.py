@@ -133,7 +133,7 @@ def _temperature_table(results: dict[str, Any]) -> list[str]:
 
 def _spread_table(results: dict[str, Any]) -> list[str]:
     """pass@1 against pass@n, answer diversity and calibration per arm and measured step (``measure.samples``)."""
-    samples = results["study"]["measure"].get("samples")
+    samples = (results["study"].get("measure") or {}).get("samples")  # results written before it have no measure
     if not samples or not any(r.get("pass_at_k") for r in results["records"]):
         return []
     aggregate, arms = results["aggregate"], results["study"]["arms"]
