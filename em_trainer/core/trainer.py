@@ -395,8 +395,8 @@ class EMTrainer(GRPOTrainer):
         rows = output["completion_mask"].size(0)
         local = slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
         device = output["completion_mask"].device
-        mask = output["completion_mask"] * kept[local].to(device).unsqueeze(1).to(output["completion_mask"].dtype)
-        tokens = mask if "tool_mask" not in output else mask * output["tool_mask"]
+        mask = output["completion_mask"] * kept[local].to(device, output["completion_mask"].dtype).unsqueeze(1)
+        tokens = mask * output.get("tool_mask", 1)  # what TRL's num_items_in_batch counts, as _clip_cov masks
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["signed_reinforce/kept_share"].append(kept.float().mean().item())
         return {
