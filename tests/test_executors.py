@@ -101,9 +101,10 @@ def test_study_yaml_old_quick_block_still_works_with_one_deprecation_line(tmp_pa
 @pytest.fixture(scope="module")
 def tiny_study(tiny_model_dir, tmp_path_factory) -> Path:
     """A study on the tiny model: base + two training arms (one with its own train_args), one seed, steps 0 and 2:
-    two training jobs, so that two run at a time."""
+    two training jobs, so that two run at a time. The arms' config names another model, as a config written for a
+    standalone run does: the study's model is the one trained."""
     folder = tmp_path_factory.mktemp("tiny-study")
-    (folder / "em_ft.yaml").write_text(yaml.safe_dump({"model": tiny_model_dir, **TINY_TRAIN}))
+    (folder / "em_ft.yaml").write_text(yaml.safe_dump({"model": "smollm2-135m-instruct", **TINY_TRAIN}))
     study = {
         "model": tiny_model_dir, "seeds": 1, "steps": [0, 2], "test_size": 2, "pool_size": 2,
         "select": {"k": 2, "max_new_tokens": 4},
@@ -135,13 +136,19 @@ def serial_study(tiny_study, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_study_through_submitit_local_executor_equals_the_serial_run(tiny_study, serial_study, tmp_path):
+def test_study_through_submitit_local_executor_equals_the_serial_run(tiny_study, serial_study, tiny_model_dir,
+                                                                    tmp_path):
     """Cost (about 80 s): the study's jobs pickled and run through submitit's local executor (SLURM's path), each its
     own process that imports PyTorch and TRL, compared record for record with the serial run."""
     out = tmp_path / "study"
     result = run_study(tiny_study, out, "--executor", "submitit_local", "--max_parallel", "2")
     assert records(out) == records(serial_study) and len(records(out)) == 1 * (1 + 2 * 2)
     assert result.stdout.count("[jobs] submitted") == 1 + 2, "the preparation, then one job per arm and seed"
+    for arm in ("em_ft", "em_ft_lr"):
+        identity = json.loads((out / "runs" / arm / "seed-0" / "run_identity.json").read_text())
+        assert identity["script"]["model"] == str(tiny_model_dir), "the study's model, not the arm config's"
+    prepared = "".join(p.read_text() for p in (out / "job_logs").rglob("*_log.out"))  # the preparation's job log
+    assert f"arms.em_ft: trains {tiny_model_dir} (the study's model), not smollm2-135m-instruct" in prepared
     # Each job wrote only files of its own: one measurement file and one wall-time file per (arm, seed) (and held
     # its own lock file while it ran).
     jobs = sorted(p.name for p in (out / "jobs").iterdir() if p.suffix != ".lock")

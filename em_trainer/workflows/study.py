@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..data.files import atomic_write_json, exclusive_lock
 from ..data.paths import resolve_config_path
 from .child_process import run_child
@@ -45,7 +47,8 @@ class StudyConfig:
 
     Args:
         model (`str`, defaults to `"smollm2-135m-instruct"`): the base model every arm starts from (Hub id, folder,
-            or an embedded name).
+            or an embedded name). Every training run gets it as ``--model``, over its config's ``model:`` line (the
+            study logs where they differ); ``--model`` in ``train_args`` is refused.
         output_dir (`str`, defaults to `"outputs/study"`): runs, measurements, job logs and the report.
         results_file (`str` or `None`, defaults to `None`): the results JSON; None: ``<output_dir>/results.json``.
         seeds (`int`, defaults to `8`): seeds per training arm (and sampled measurements per decoding arm).
@@ -251,6 +254,11 @@ def resolve_study(definition: StudyConfig, path: Path | None, quick: bool, given
                 if not isinstance(arm["train_args"], list):
                     raise StudyError(f"arms.{name}.train_args must be a list of `em-trainer train` options.")
                 arm["train_args"] = [str(a) for a in arm["train_args"]]
+    for where, args in [("train_args", raw["train_args"] or []),
+                        *((f"arms.{n}.train_args", a.get("train_args", [])) for n, a in arms.items())]:  # fmt: skip
+        if any(str(arg).split("=", 1)[0] in ("--model", "--model_name_or_path") for arg in args):
+            raise StudyError(f"{where} sets --model; every arm trains from the study's `model` "
+                             f"({raw['model']}): set it there.")  # fmt: skip
     for key in ("seeds", "test_size", "pool_size"):
         if raw[key] < 1:
             raise StudyError(f"{key} {raw[key]}: must be at least 1 (seeds, test_size and pool_size).")
@@ -559,7 +567,10 @@ def _measure_once(
 def _train_extra(study: Study, dataset: Path, arm: dict[str, Any]) -> list[str]:
     """The options every training run of the study gets on top of its arm's config (then the arm's own)."""
     saved = ",".join(str(step) for step in study.steps if step > 0)
-    extra = ["--dataset", str(dataset), "--max_steps", str(study.max_step), "--save_steps", "100000"]
+    # The study's model, not the arm config's `model:` line: step 0 of every arm is the study's model measured, and
+    # a config written for standalone `em-trainer train` must not make one arm train another model.
+    extra = ["--model", study.model, "--dataset", str(dataset), "--max_steps", str(study.max_step),
+             "--save_steps", "100000"]  # fmt: skip
     return [*extra, "--save_at_steps", saved, "--report_to", "none", *study.train_args, *arm.get("train_args", [])]
 
 
@@ -647,6 +658,10 @@ def prepare_study(study: Study, log: Any = print) -> Path:
         if measurements.stale:
             log(f"[study] {measurements.stale} stored measurement(s) come from other settings (model, config, "
                 "measurement settings): not reused")  # fmt: skip
+        for name, arm in study.training_arms.items():
+            named = (yaml.safe_load(Path(arm["config"]).read_text(encoding="utf-8")) or {}).get("model")
+            if named is not None and str(named) != study.model:
+                log(f"[study] arms.{name}: trains {study.model} (the study's model), not {named} from its config")
         wall_file = study.output_dir / "wall_seconds.json"
         started = time.time()
         pool = build_pool(study)
