@@ -132,13 +132,16 @@ def test_ordering_table_lists_every_order_beside_the_base():
 
 
 @pytest.mark.slow
-def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
-    """`study --config study.yaml --quick` through submitit's local executor (one job at a time: under the tests'
-    two workers, two jobs at a time only compete for the cores; tests/test_executors.py runs two at a time): every
-    arm, seed and step measured; a rerun recomputes nothing."""
+def test_quick_study_runs_end_to_end_and_resumes(tiny_model_dir, tmp_path):
+    """Cost (about 150 s: 6 training jobs and 2 decoding arms, each a process that imports PyTorch and TRL):
+    `study --config study.yaml --quick` through submitit's local executor (one job at a time: under the tests' two
+    workers, two jobs at a time only compete for the cores; tests/test_executors.py runs two at a time): every arm,
+    seed and step measured; a rerun recomputes nothing. On the tiny model (`--model`): what this checks is the
+    workflow, which a real model's numbers add nothing to, and SmolLM2 tripled its time (the real model's quick run
+    is benchmarks/results/replication_quick.json)."""
     out = tmp_path / "study"
     command = [
-        sys.executable, "-m", "em_trainer.cli", "study", "--config", str(STUDY), "--quick",
+        sys.executable, "-m", "em_trainer.cli", "study", "--config", str(STUDY), "--quick", "--model", tiny_model_dir,
         "--output_dir", str(out), "--results_file", str(out / "results.json"),
     ]  # fmt: skip
     submitted = [*command, "--executor", "submitit_local", "--max_parallel", "1"]

@@ -43,14 +43,16 @@ def test_bad_sample_settings_are_refused_in_one_line(tmp_path, samples):
 
 
 @pytest.mark.slow
-def test_quick_tradeoffs_study_measures_pass_at_k_diversity_and_calibration(tmp_path):
-    """Cost: about 90 s (the pool's selection, the base model's measurements, `train --check` of all six arms, one
+def test_quick_tradeoffs_study_measures_pass_at_k_diversity_and_calibration(tiny_model_dir, tmp_path):
+    """Cost: about 50 s (the pool's selection, the base model's measurements, `train --check` of all six arms, one
     arm trained one step and measured with 4 samples of 2 problems): the one end-to-end run of `measure.samples` and
-    of an `em_advantage` arm through `em-trainer train` (W-REINFORCE; the other arms' losses have reference tests)."""
+    of an `em_advantage` arm through `em-trainer train` (W-REINFORCE; the other arms' losses have reference tests).
+    On the tiny model (`--model`): the measurements' values have reference tests (test_sample_metrics); the real
+    model's quick run is benchmarks/results/tradeoffs_quick.json."""
     out = tmp_path / "study"
     command = [
-        sys.executable, "-m", "em_trainer.cli", "study", "--config", str(STUDY), "--quick", "--only_arm",
-        "w_reinforce", "--output_dir", str(out), "--results_file", str(out / "results.json"),
+        sys.executable, "-m", "em_trainer.cli", "study", "--config", str(STUDY), "--quick", "--model", tiny_model_dir,
+        "--only_arm", "w_reinforce", "--output_dir", str(out), "--results_file", str(out / "results.json"),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ,
                             "HF_HUB_OFFLINE": "1"})  # fmt: skip

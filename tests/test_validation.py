@@ -35,6 +35,8 @@ def test_defaults_are_the_papers_recipe(tmp_path):
         ({"responses_per_step": 8, "num_generations": 3}, "num_generations=3"),
         ({"entropy_temperature": 0.0}, "entropy_temperature"),
         ({"max_steps": 0}, "max_steps"),
+        ({"vllm_enforce_eager": True}, r"vllm_enforce_eager=True .* without use_vllm=True"),
+        ({"vllm_enforce_eager": True, "use_vllm": True, "vllm_mode": "server"}, "trl vllm-serve --enforce_eager"),
     ],
 )
 def test_config_errors(tmp_path, overrides, match):

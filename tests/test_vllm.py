@@ -85,6 +85,7 @@ def test_trained_weights_reach_the_engine(tmp_path, mode):
     assert report["engine_vs_trained"]["mean"] < 0.2, report
     assert report["engine_vs_trained"]["mean"] < 0.3 * report["base_vs_trained"]["mean"], report
     assert len(report["logged_entropy"]) == 2
+    assert report["engine_enforce_eager"] == (mode == "lora_em_rl"), "vllm_enforce_eager reaches TRL's engine"
     if mode == "full":
         assert report["fresh_entropy_after"] < report["fresh_entropy_before"], report
 

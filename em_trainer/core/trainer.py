@@ -50,6 +50,7 @@ from .shared_prompt import (
 )
 from .shared_prompt_policy import ABSTAIN, CHECK_ROWS, CHECK_TOKENS, SharedPromptPolicy, check_slice, relative_gap
 from .vllm_cpu_sync import keep_linear_weights, repack_after_sync, vllm_runs_on_cpu
+from .vllm_engine_options import engine_options
 
 
 def _no_reward(completions: list, **kwargs: Any) -> list[float]:
@@ -297,8 +298,14 @@ class EMTrainer(GRPOTrainer):
         return args.use_vllm and args.vllm_mode == "colocate" and vllm_runs_on_cpu()
 
     def _vllm_engine_build_context(self, args: EMConfig) -> contextlib.AbstractContextManager:
-        """vLLM's CPU build must keep the weights it packs, or trained weights never reach it (core/vllm_cpu_sync)."""
-        return keep_linear_weights() if self._colocated_cpu_vllm(args) else contextlib.nullcontext()
+        """While TRL builds the colocated engine: vLLM's CPU build must keep the weights it packs, or trained weights
+        never reach it (core/vllm_cpu_sync); and `vllm_enforce_eager`, which TRL does not pass on, reaches vLLM."""
+        stack = contextlib.ExitStack()
+        if self._colocated_cpu_vllm(args):
+            stack.enter_context(keep_linear_weights())
+        if args.vllm_enforce_eager:
+            stack.enter_context(engine_options(enforce_eager=True))
+        return stack
 
     def _route_weight_sync_through_cpu_repack(self) -> None:
         if self._colocated_cpu_vllm(self.args):
