@@ -143,3 +143,24 @@ def pytest_runtest_makereport(item, call):
         "docstring saying why it needs that long: say why in its docstring, or make it cheaper (tests/conftest.py, "
         "TEST_BUDGET_S)."
     )
+
+
+# Seconds per test file and per xdist group (setup, call and teardown), printed at the end of every run: the figures
+# docs/performance.md gives for a machine, and the first place to look when the suite grows.
+_SECONDS: dict[str, dict[str, float]] = {"file": {}, "group": {}}
+
+
+def pytest_runtest_logreport(report):
+    name, _, group = report.nodeid.partition("@")  # pytest-xdist appends "@<group>" to a grouped test's id
+    for kind, key in (("file", name.split("::", 1)[0]), ("group", group or "(ungrouped)")):
+        _SECONDS[kind][key] = _SECONDS[kind].get(key, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _SECONDS["file"]:
+        return
+    for kind, top in (("group", None), ("file", 15)):
+        rows = sorted(_SECONDS[kind].items(), key=lambda item: -item[1])[:top]
+        terminalreporter.write_sep("=", f"seconds per test {kind} (setup + call + teardown, summed over workers)")
+        for key, seconds in rows:
+            terminalreporter.write_line(f"{seconds:8.1f}s  {key}")
