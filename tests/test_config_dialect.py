@@ -121,6 +121,23 @@ def test_recipe_sections_are_typed_once_and_the_order_is_a_table(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["train", "--check", "--max_step", "5"], "--max_step"),  # was read as --max_steps
+        (["study", "--config", str(ROOT / "recipes/configs/smollm2-135m-cpu/replication/study.yaml"), "--seed", "3",
+          "--dry_run"], "--seed"),  # was read as --seeds 3
+        (["eval", "--bench", "arithmetic", "--limit", "1"], "--bench"),  # was read as --benchmarks
+    ],
+)
+def test_a_flag_is_never_read_as_a_longer_one_it_begins(argv, flag, capsys):
+    """argparse's prefix matching read `--seed 3` as `--seeds 3`: three jobs where one seed was meant. Every verb now
+    refuses an unknown flag in one line instead."""
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and flag in errors[0], errors
+
+
+@pytest.mark.parametrize(
     "argv, needle",
     [
         (["--set", "em.learnin_rate=1"], "em.learnin_rate: not a field of EMConfig"),

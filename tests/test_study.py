@@ -48,7 +48,9 @@ def test_study_config_loads_full_and_quick():
         ({"arms": {"x": {"kind": "decode", "decoding": "beam"}}}, "arms.x.decoding"),
         ({"arms": {"x": {"kind": "train", "config": "missing.yaml"}}}, "arms.x.config"),
         ({"seeds": 0, "arms": {}}, "at least 1"),
-        ({"train_args": ["--model=other"], "arms": {}}, "train_args sets --model; every arm trains from the study's"),
+        ({"train_args": ["--model=other"], "arms": {}}, r"train_args set --model: every arm trains the study's"),
+        ({"train_args": ["--seed", "3"], "arms": {}}, r"train_args set --seed: the study sets each job's seed"),
+        ({"train_args": ["--max-steps", "3"], "arms": {}}, r"train_args set --max_steps: the study trains to its"),
     ],
 )
 def test_bad_study_configs_name_the_key(tmp_path, change, message):

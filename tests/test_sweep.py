@@ -102,3 +102,32 @@ def test_check_runs_in_one_process_give_each_runs_own_check_and_name_the_first_f
     with pytest.raises(SweepError, match=r"^arm b: run temperature=0 seed 0 would fail: em-trainer train: error:"):
         check_runs(bad, ["arm a", "arm b", "arm c"])
     assert check_runs([]) == []
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        # `--seed 7` was read as `--seeds 7` (argparse's prefix matching): seven runs instead of one with seed 7.
+        (["--seed", "7"], "set --seed: the sweep sets each run's seed"),
+        (["--output_dir=elsewhere", "--seeds", "1"], None),  # the sweep's own option: allowed
+        (["--grid", "learning_rate=1e-3,1e-2", "--learning_rate", "1e-4"], "set --learning_rate: it is a field of"),
+        (["--overwrite-output-dir"], "set --overwrite_output_dir"),
+    ],
+)
+def test_train_options_a_sweep_sets_itself_are_refused_in_one_line(tmp_path, capsys, monkeypatch, flags, message):
+    """Passed on to every run after the sweep's own, these would silently win: every seed the same, or every grid
+    point one value. Refused before anything trains (`train --check` never starts: the check is replaced here)."""
+    from em_trainer.workflows import sweep
+
+    checked = []
+    fingerprints = lambda checks, labels=None: checked.append(checks) or ["0" * 8] * len(checks)  # noqa: E731
+    monkeypatch.setattr(sweep, "check_runs", fingerprints)
+    config = tmp_path / "train.yaml"
+    config.write_text("max_steps: 1\n")
+    monkeypatch.chdir(tmp_path)
+    code = main(["sweep", "--train_config", str(config), "--executor", "serial", "--dry_run", *flags])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    if message is None:
+        assert code == 0 and checked and not errors
+    else:
+        assert code == 2 and not checked and len(errors) == 1 and message in errors[0], errors

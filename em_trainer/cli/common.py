@@ -81,6 +81,7 @@ class VerbParser(TrlParser):
 
     def __init__(self, dataclass_types: Any = None, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # `--seed 7` must not be read as `--seeds 7`
         kwargs.setdefault("epilog", CONFIG_EPILOG)
         self._groups: dict[str, argparse._ArgumentGroup] = {}
         super().__init__(dataclass_types, *args, **kwargs)

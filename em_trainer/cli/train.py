@@ -249,6 +249,7 @@ def build_parser() -> Any:
     parser = TrlParser(
         (TrainScriptArguments, EMConfig, ModelConfig),
         prog="em-trainer train",
+        allow_abbrev=False,  # a misspelt flag is refused, not read as the flag it begins (`--max_step`)
         usage="em-trainer train [--config FILE] [options]",
         description=HELP + ". With no options: the paper's recipe on the embedded SmolLM2-135M-Instruct and the "
         "paper's one-shot prompt. Options below: EM's own first, then this command's, TRL's GRPO options, "

@@ -198,7 +198,7 @@ def recipe_parser() -> Any:
         def error(self, message: str):
             raise PipelineConfigError(message)
 
-    return RecipeParser((RecipeArguments,), prog="em_then_grpo")
+    return RecipeParser((RecipeArguments,), prog="em_then_grpo", allow_abbrev=False)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None, argv: list[str] | None = None) -> Recipe:

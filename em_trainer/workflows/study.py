@@ -27,7 +27,7 @@ import yaml
 from ..data.files import atomic_write_json, exclusive_lock
 from ..data.paths import resolve_config_path
 from .child_process import run_child
-from .sweep import RUN_MARKER, Run, SweepError, check_runs, summarize, train_run
+from .sweep import RUN_MARKER, RUN_OWNED, Run, SweepError, check_runs, refuse_owned_options, summarize, train_run
 
 METRICS = ("greedy_accuracy", "sampled_accuracy", "entropy", "skewness", "mean_length", "cut_share")
 # What n samples per problem measure (``measure.samples``; evaluation/sample_metrics, docs/sample_metrics.md).
@@ -184,6 +184,7 @@ def study_parser() -> Any:
     return StudyParser(
         (StudyConfig, StudyRunArguments, ExecutorArguments),
         prog="em-trainer study",
+        allow_abbrev=False,  # `--seed 3` was read as `--seeds 3`
         description="Run (or resume) a study: the base model, decoding arms and training arms x seeds, measured on "
         "held-out problems; the training jobs fan out through an executor (local processes or SLURM).",
         epilog="--config FILE: the study's YAML (its keys are these options' names); flags given on the command line "
@@ -254,11 +255,24 @@ def resolve_study(definition: StudyConfig, path: Path | None, quick: bool, given
                 if not isinstance(arm["train_args"], list):
                     raise StudyError(f"arms.{name}.train_args must be a list of `em-trainer train` options.")
                 arm["train_args"] = [str(a) for a in arm["train_args"]]
+    every_arm = f"every arm trains the study's `model` ({raw['model']}); set it there"
+    owned = {
+        **RUN_OWNED,
+        "seed": "the study sets each job's seed (seeds)",
+        "output_dir": "the study names each job's folder (under its own output_dir)",
+        "config": "each arm's config is its `config:` entry",
+        "model": every_arm,
+        "model_name_or_path": every_arm,
+        "dataset": "the study trains on the prompt `select` picked from its pool",
+        "max_steps": "the study trains to its last measured step (steps)",
+        "save_steps": "the study saves its measured steps itself",
+        "save_at_steps": "the study saves its measured steps itself",
+    }
     for where, args in [("train_args", raw["train_args"] or []),
                         *((f"arms.{n}.train_args", a.get("train_args", [])) for n, a in arms.items())]:  # fmt: skip
-        if any(str(arg).split("=", 1)[0] in ("--model", "--model_name_or_path") for arg in args):
-            raise StudyError(f"{where} sets --model; every arm trains from the study's `model` "
-                             f"({raw['model']}): set it there.")  # fmt: skip
+        refusal = refuse_owned_options(args, owned, where)
+        if refusal:
+            raise StudyError(refusal)
     for key in ("seeds", "test_size", "pool_size"):
         if raw[key] < 1:
             raise StudyError(f"{key} {raw[key]}: must be at least 1 (seeds, test_size and pool_size).")

@@ -74,6 +74,27 @@ def plan_runs(grid: dict[str, list[str]], seeds: int, first_seed: int = 0) -> li
     return [Run(point, seed) for point in points for seed in range(first_seed, first_seed + seeds)]
 
 
+# What a sweep sets for each run itself. Given again among the options passed on to `em-trainer train`, the later
+# flag would win: every seed the same, every run in one folder, one value for every grid point.
+RUN_OWNED = {
+    "seed": "the sweep sets each run's seed (--seeds, --first_seed)",
+    "output_dir": "the sweep names each run's folder (under its own --output_dir)",
+    "overwrite_output_dir": "the sweep decides what in a run's folder is reused",
+    "config": "every run's config is the sweep's --train_config",
+}
+
+
+def refuse_owned_options(args: list[str], owned: dict[str, str], where: str) -> str | None:
+    """The one-line refusal of the first option in ``args`` (``--name``, ``--name=value`` or ``--name-with-dashes``)
+    that ``owned`` names, or None."""
+    for arg in args:
+        if str(arg).startswith("--"):
+            name = str(arg)[2:].split("=", 1)[0].replace("-", "_")
+            if name in owned:
+                return f"{where} set --{name}: {owned[name]}; remove it there."
+    return None
+
+
 def _train_arguments(run: Run, config: str, directory: Path, extra: list[str], save_steps: int | None) -> list[str]:
     # The run's folder is the sweep's (or study's) to name: work of other settings in it is replaced, never resumed.
     arguments = ["train", "--config", config, "--seed", str(run.seed), "--output_dir", str(directory),
@@ -257,6 +278,13 @@ def plan_sweep(
     runs = plan_runs(grid, seeds, first_seed)
     save = save_steps if eval_checkpoints else None
     extra = list(extra_train_args or [])
+    owned = {**RUN_OWNED, **{field: "it is a field of --grid, and the passed-on flag would give every grid point one "
+                                    "value" for field in grid}}  # fmt: skip
+    if save is not None:
+        owned["save_steps"] = "the sweep's own --save_steps sets it (with --eval_checkpoints)"
+    refusal = refuse_owned_options(extra, owned, "the options passed on to `em-trainer train`")
+    if refusal:
+        raise SweepError(refusal)
     # Seeds differ only in the seed, which names the run's folder: one check per grid point.
     points = list({run.point: run for run in runs}.values())
     checked = check_runs([(run, config, root / ".check", extra, save) for run in points])
