@@ -135,33 +135,35 @@ def test_ordering_table_lists_every_order_beside_the_base():
 
 @pytest.mark.slow
 def test_quick_study_runs_end_to_end_and_resumes(tiny_model_dir, tmp_path):
-    """Cost (about 150 s: 6 training jobs and 2 decoding arms, each a process that imports PyTorch and TRL):
-    `study --config study.yaml --quick` through submitit's local executor (one job at a time: under the tests' two
-    workers, two jobs at a time only compete for the cores; tests/test_executors.py runs two at a time): every arm,
-    seed and step measured; a rerun recomputes nothing. On the tiny model (`--model`): what this checks is the
-    workflow, which a real model's numbers add nothing to, and SmolLM2 tripled its time (the real model's quick run
-    is benchmarks/results/replication_quick.json)."""
+    """Cost (about 100 s: 3 training jobs, each a process that imports PyTorch and TRL, and the decoding arms):
+    `study --config study.yaml --quick --seeds 1` through submitit's local executor (one job at a time: under the
+    tests' two workers, two jobs at a time only compete for the cores; tests/test_executors.py runs two at a time):
+    every arm and step measured; a rerun recomputes nothing. On the tiny model (`--model`) with one seed: what this
+    checks is the workflow, which a real model's numbers and a second seed add nothing to (SmolLM2 tripled its time,
+    the quick variant's second seed doubled the jobs; aggregation over seeds has its own test, and the real model's
+    quick run is benchmarks/results/replication_quick.json). One arm trains first alone (`--only_arm`), the others in
+    the full run."""
     out = tmp_path / "study"
     command = [
         sys.executable, "-m", "em_trainer.cli", "study", "--config", str(STUDY), "--quick", "--model", tiny_model_dir,
-        "--output_dir", str(out), "--results_file", str(out / "results.json"),
+        "--seeds", "1", "--output_dir", str(out), "--results_file", str(out / "results.json"),
     ]  # fmt: skip
     submitted = [*command, "--executor", "submitit_local", "--max_parallel", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     # One (seed, arm) of the training grid alone, as a second process would take it; the full run then keeps it.
-    alone = subprocess.run([*command, "--only_seed", "1", "--only_arm", "em_ft"], capture_output=True, text=True,
+    alone = subprocess.run([*command, "--only_seed", "0", "--only_arm", "em_ft"], capture_output=True, text=True,
                            cwd=tmp_path, env=env)  # fmt: skip
     assert alone.returncode == 0, alone.stderr[-3000:]
     # The pre-flight creates and probes every run's folder; only the one run trained has weights.
     weights = out.glob("runs/*/seed-*/model.safetensors")
     trained = sorted(p.parent.relative_to(out / "runs").as_posix() for p in weights)
-    assert trained == ["em_ft/seed-1"]
-    trained_alone = (out / "runs" / "em_ft" / "seed-1" / "model.safetensors").stat().st_mtime_ns
+    assert trained == ["em_ft/seed-0"]
+    trained_alone = (out / "runs" / "em_ft" / "seed-0" / "model.safetensors").stat().st_mtime_ns
     first = subprocess.run(submitted, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert first.stdout.count("[jobs] submitted") == 1 + 5, "the preparation, then every job but the one trained"
+    assert first.stdout.count("[jobs] submitted") == 1 + 2, "the preparation, then every job but the one trained"
     results = json.loads((out / "results.json").read_text())
-    study = load_study(STUDY, quick=True)
+    study = load_study(STUDY, quick=True, argv=["--seeds", "1"])
     for name, arm in study.arms.items():
         steps = study.steps if arm["kind"] == "train" else [0]
         for step in steps:
@@ -171,7 +173,7 @@ def test_quick_study_runs_end_to_end_and_resumes(tiny_model_dir, tmp_path):
             if arm.get("decoding", "plain") == "plain":
                 assert stats["entropy"]["mean"] >= 0 and "skewness" in stats
     assert not list(out.glob("runs/*/seed-*/checkpoint-*")), "measured checkpoints are dropped"
-    assert (out / "runs" / "em_ft" / "seed-1" / "model.safetensors").stat().st_mtime_ns == trained_alone
+    assert (out / "runs" / "em_ft" / "seed-0" / "model.safetensors").stat().st_mtime_ns == trained_alone
     # Accuracy against temperature: for the base model and at the curve's steps, reusing greedy and T=0.5.
     curve_steps = study.measure["temperature_steps"]
     temperatures = [str(t) for t in study.measure["temperatures"]]
