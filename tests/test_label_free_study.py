@@ -42,15 +42,16 @@ def test_the_rl_arms_differ_from_em_rl_token_only_in_the_reward():
 
 @pytest.mark.slow
 def test_quick_label_free_study_runs_every_arm_end_to_end(tiny_model_dir, tmp_path):
-    """Cost (about 130 s: 8 training jobs, each a process that imports PyTorch and TRL): `study --config
+    """Cost (about 100 s: 8 training runs, each a process that imports PyTorch and TRL): `study --config
     label_free/study.yaml --quick`: each arm trains through `em-trainer train` with its reward, every arm and step is
     measured, and the report has each arm's peak/collapse row. On the tiny model (`--model`): the rewards' values on
     real text have their own tests (test_label_free_rewards), and SmolLM2 doubled this one's time (its quick run is
-    benchmarks/results/label_free_quick.json)."""
+    benchmarks/results/label_free_quick.json). Serially (`--executor serial`): the executors have their own tests
+    (test_executors), and a job process per arm added a start-up each."""
     out = tmp_path / "study"
     command = [
         sys.executable, "-m", "em_trainer.cli", "study", "--config", str(STUDY), "--quick", "--model", tiny_model_dir,
-        "--output_dir", str(out), "--results_file", str(out / "results.json"),
+        "--executor", "serial", "--output_dir", str(out), "--results_file", str(out / "results.json"),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ,
                             "HF_HUB_OFFLINE": "1"})  # fmt: skip

@@ -52,7 +52,8 @@ def test_quick_tradeoffs_study_measures_pass_at_k_diversity_and_calibration(tiny
     out = tmp_path / "study"
     command = [
         sys.executable, "-m", "em_trainer.cli", "study", "--config", str(STUDY), "--quick", "--model", tiny_model_dir,
-        "--only_arm", "w_reinforce", "--output_dir", str(out), "--results_file", str(out / "results.json"),
+        "--only_arm", "w_reinforce", "--executor", "serial", "--output_dir", str(out),
+        "--results_file", str(out / "results.json"),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**os.environ,
                             "HF_HUB_OFFLINE": "1"})  # fmt: skip
