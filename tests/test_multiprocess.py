@@ -14,8 +14,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torchrun(*args: str, timeout: int = 600, processes: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+def torchrun(*args: str, timeout: int = 600, processes: int = 2, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **env_vars}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
                "29533", *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
@@ -30,12 +30,15 @@ def test_two_process_gradient_equals_one_process_reference(tiny_model_dir, tmp_p
 
 def test_two_process_training_run_matches_one_process_shape(tiny_model_dir, tmp_path):
     """Cost (about 20 s): a two-process torchrun training run and a one-process run of the same global batch; the
-    launcher and the batch shape are what this checks."""
+    launcher and the batch shape are what this checks. The two-process run asks for FSDP as `accelerate launch
+    --use_fsdp` does, which accelerate does not apply on CPUs: the run says so in one line."""
     common = ["--model", tiny_model_dir, "--max_steps", "2", "--responses_per_step", "4",
               "--per_device_train_batch_size", "1", "--max_completion_length", "6", "--report_to", "none",
               "--save_steps", "1"]  # fmt: skip
-    result = torchrun(str(REPO / "recipes" / "em_one_shot.py"), *common, "--output_dir", str(tmp_path / "two"))
+    result = torchrun(str(REPO / "recipes" / "em_one_shot.py"), *common, "--output_dir", str(tmp_path / "two"),
+                      ACCELERATE_USE_FSDP="true")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert (result.stdout + result.stderr).count("FSDP was asked for") == 2, "one line per process"
     from em_trainer.cli import main
 
     assert main(["train", *common, "--output_dir", str(tmp_path / "one")]) == 0

@@ -182,6 +182,7 @@ class EMTrainer(GRPOTrainer):
                 **kwargs,
             )
         self._route_weight_sync_through_cpu_repack()
+        self._say_when_fsdp_was_not_applied()
         #: The shared-prompt forward's state for this run (core/shared_prompt_policy): its decision, why, its check.
         self.shared_prompt = SharedPromptPolicy(self._shared_prompt_run_reason())
         self._check_rollout_dtype(args)
@@ -306,6 +307,16 @@ class EMTrainer(GRPOTrainer):
         if args.vllm_enforce_eager:
             stack.enter_context(engine_options(enforce_eager=True))
         return stack
+
+    def _say_when_fsdp_was_not_applied(self) -> None:
+        """accelerate applies FSDP on accelerators only: `accelerate launch --use_fsdp` on CPUs trains plain data
+        parallel, every process holding the whole model, and says nothing. One line says so here."""
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.is_fsdp_enabled:
+            logger.warning(
+                "em-trainer: FSDP was asked for (ACCELERATE_USE_FSDP, `accelerate launch --use_fsdp`), but accelerate "
+                f"applies it on accelerators only ({self.accelerator.distributed_type}): this run is plain data "
+                "parallel, each process holding the whole model."
+            )
 
     def _route_weight_sync_through_cpu_repack(self) -> None:
         if self._colocated_cpu_vllm(self.args):
