@@ -86,8 +86,7 @@ def test_select_on_smollm2_picks_a_max_variance_prompt(smollm2_dir, tmp_path):
 
 def test_em_rl_on_smollm2_lowers_entropy(smollm2_dir, tokenizer, tmp_path):
     """Cost (about 100 s): EM-RL with the token reward on the real SmolLM2-135M: a short GRPO run raises the reward,
-    i.e. lowers the entropy of fresh samples. Without gradient checkpointing (its recomputed forward is a quarter of
-    a step; the tiny-model tests run it)."""
+    i.e. lowers the entropy of fresh samples. Without gradient checkpointing, which the tiny-model tests run."""
     dataset = load_one_shot_dataset()
     prompt = dataset[0]["prompt"]
     base = AutoModelForCausalLM.from_pretrained(smollm2_dir)

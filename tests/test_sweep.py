@@ -131,3 +131,4 @@ def test_train_options_a_sweep_sets_itself_are_refused_in_one_line(tmp_path, cap
         assert code == 0 and checked and not errors
     else:
         assert code == 2 and not checked and len(errors) == 1 and message in errors[0], errors
+        assert not list(tmp_path.glob("outputs")) and not (tmp_path / "elsewhere").exists(), "no folder created"

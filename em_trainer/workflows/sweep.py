@@ -273,9 +273,6 @@ def plan_sweep(
     launcher: str | None = None,
 ) -> SweepPlan:
     """Check every grid point (``train --check``, which also gives its fingerprint) before any run trains."""
-    root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    runs = plan_runs(grid, seeds, first_seed)
     save = save_steps if eval_checkpoints else None
     extra = list(extra_train_args or [])
     owned = {**RUN_OWNED, **{field: "it is a field of --grid, and the passed-on flag would give every grid point one "
@@ -284,7 +281,10 @@ def plan_sweep(
         owned["save_steps"] = "the sweep's own --save_steps sets it (with --eval_checkpoints)"
     refusal = refuse_owned_options(extra, owned, "the options passed on to `em-trainer train`")
     if refusal:
-        raise SweepError(refusal)
+        raise SweepError(refusal)  # before the sweep's folder is created
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    runs = plan_runs(grid, seeds, first_seed)
     # Seeds differ only in the seed, which names the run's folder: one check per grid point.
     points = list({run.point: run for run in runs}.values())
     checked = check_runs([(run, config, root / ".check", extra, save) for run in points])
